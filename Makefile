@@ -1,0 +1,46 @@
+# The two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REPOSITORY ?= model_repository
+MODEL ?= digits
+CHECKPOINT ?= checkpoints/digits_cnn.pt
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint format model clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[export,dev]'
+	touch $(STAMP)
+
+# Train and export the default model only when the repository has none.
+model: $(STAMP)
+	@if ls $(REPOSITORY)/$(MODEL)/*/model.onnx >/dev/null 2>&1; then \
+		echo "model repository already holds $(MODEL): reusing it"; \
+	else \
+		$(BIN)/normserve train --arch digits_cnn --out $(CHECKPOINT) && \
+		$(BIN)/normserve export $(CHECKPOINT) --repository $(REPOSITORY) --name $(MODEL); \
+	fi
+
+run: model
+	exec $(BIN)/normserve serve --repository $(REPOSITORY) --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

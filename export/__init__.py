@@ -1,0 +1,1 @@
+"""Checkpoint → folded, frozen, proven ONNX model in a model repository."""

@@ -1,0 +1,227 @@
+"""``normserve export``: checkpoint → folded, frozen, audited, proven repository entry."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from export.audit import audit_graph
+from export.errors import ExportError
+from export.freeze import FreezeReport, freeze_normalization
+from export.onnx_export import DEFAULT_OPSET, export_onnx
+from export.parity import BATCH_SIZES, ParityReport, Tolerance, prove_parity, require_parity
+from export.repository import MODEL_FORMAT, plan_entry, write_entry
+from models.checkpoint import Checkpoint, load_checkpoint
+from models.datasets import load_dataset
+from models.registry import ArchitectureError, build_model, get_architecture
+
+__all__ = [
+    "ExportOptions",
+    "ExportResult",
+    "build_eval_model",
+    "parity_inputs",
+    "run_export",
+    "sha256_file",
+]
+
+Step = Callable[[str], None]
+_V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16"}
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    checkpoint: Path
+    repository: Path = Path("model_repository")
+    name: str | None = None
+    version: int | None = None
+    arch: str | None = None
+    input_shape: list[int] | None = None
+    opset: int = DEFAULT_OPSET
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    fold: bool = True
+    force: bool = False
+    max_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    name: str
+    version: int
+    metadata: dict[str, Any]
+    parity: ParityReport
+    freeze: FreezeReport
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_eval_model(checkpoint: Checkpoint) -> nn.Module:
+    """Rebuild the architecture, load the state dict strictly, return it in eval mode."""
+    model = build_model(checkpoint.arch, checkpoint.arch_config)
+    try:
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ExportError(f"state_dict does not fit arch {checkpoint.arch!r}: {detail}") from exc
+    return model.eval()
+
+
+def parity_inputs(checkpoint: Checkpoint, count: int = 64) -> tuple[torch.Tensor, str]:
+    """Validation inputs from the architecture's dataset when known, else seeded random ones."""
+    shape = list(checkpoint.input.shape)
+    dtype = _TORCH_DTYPES[checkpoint.input.dtype]
+    try:
+        dataset_name = (
+            get_architecture(checkpoint.arch).dataset if ":" not in checkpoint.arch else None
+        )
+    except ArchitectureError:
+        dataset_name = None
+    if dataset_name is not None:
+        metrics = checkpoint.metrics or {}
+        seed = int(metrics.get("seed", 0))
+        val_fraction = float(metrics.get("val_fraction", 0.2))
+        data = load_dataset(dataset_name, seed=seed, val_fraction=val_fraction)
+        if list(data.input_shape) == shape:
+            return data.x_val[:count].to(dtype), f"validation split of {dataset_name}"
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn([count, *shape], generator=generator).to(dtype), "random normal"
+
+
+def _is_classifier(checkpoint: Checkpoint, example_out: torch.Tensor) -> bool:
+    return bool(checkpoint.labels) or (example_out.dim() == 2 and example_out.shape[1] > 1)
+
+
+def _metadata(
+    *,
+    checkpoint: Checkpoint,
+    options: ExportOptions,
+    name: str,
+    version: int,
+    onnx_bytes: bytes,
+    output_shape: list[int],
+    freeze: FreezeReport,
+    audit: dict[str, Any],
+    parity: ParityReport,
+) -> dict[str, Any]:
+    datatype = _V2_DATATYPES[checkpoint.input.dtype]
+    return {
+        "format": MODEL_FORMAT,
+        "name": name,
+        "version": version,
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {
+                "name": checkpoint.input.name,
+                "datatype": datatype,
+                "shape": [-1, *checkpoint.input.shape],
+            }
+        ],
+        "outputs": [
+            {"name": checkpoint.output_name, "datatype": datatype, "shape": [-1, *output_shape]}
+        ],
+        "max_batch_size": options.max_batch_size,
+        "labels": checkpoint.labels,
+        "preprocess": checkpoint.preprocess,
+        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "export": {
+            "checkpoint_sha256": sha256_file(options.checkpoint),
+            "arch": checkpoint.arch,
+            "arch_config": checkpoint.arch_config,
+            "opset": options.opset,
+            "fold": options.fold,
+            "normalization": freeze.to_dict(),
+            "graph": audit,
+            "parity": parity.to_dict(),
+            "training_metrics": checkpoint.metrics,
+            "tools": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+                "numpy": np.__version__,
+            },
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult:
+    """Do every step in memory; write the entry only after every check has passed."""
+    say = step or (lambda _msg: None)
+    checkpoint = load_checkpoint(
+        options.checkpoint, arch=options.arch, input_shape=options.input_shape
+    )
+    name = options.name or checkpoint.arch.rsplit(":", 1)[-1]
+    target, version = plan_entry(options.repository, name, options.version, options.force)
+
+    say(f"rebuilding {checkpoint.arch}")
+    original = build_eval_model(checkpoint)
+    inputs, inputs_kind = parity_inputs(checkpoint)
+    sample = inputs[: max(2, min(len(inputs), 4))]
+    if len(sample) < 2:
+        sample = inputs[torch.arange(2) % len(inputs)]
+
+    say("folding and freezing normalization")
+    working = copy.deepcopy(original)
+    frozen, freeze = freeze_normalization(working, sample, fold=options.fold)
+    with torch.no_grad():
+        example_out = original(sample)
+
+    say(f"exporting to ONNX (opset {options.opset})")
+    proto = export_onnx(
+        frozen,
+        sample,
+        input_name=checkpoint.input.name,
+        output_name=checkpoint.output_name,
+        opset=options.opset,
+    )
+    say("auditing the graph")
+    audit = audit_graph(proto)
+    audit["batch_norm_modules_before"] = freeze.batch_norm_calls
+    onnx_bytes = proto.SerializeToString()
+
+    say(f"proving parity at batch sizes {', '.join(map(str, BATCH_SIZES))}")
+    parity = prove_parity(
+        original,
+        onnx_bytes,
+        inputs,
+        input_name=checkpoint.input.name,
+        tolerance=options.tolerance,
+        classifier=_is_classifier(checkpoint, example_out),
+        inputs_kind=inputs_kind,
+    )
+    require_parity(parity)
+
+    metadata = _metadata(
+        checkpoint=checkpoint,
+        options=options,
+        name=name,
+        version=version,
+        onnx_bytes=onnx_bytes,
+        output_shape=list(example_out.shape[1:]),
+        freeze=freeze,
+        audit=audit,
+        parity=parity,
+    )
+    write_entry(target, onnx_bytes, metadata, options.force)
+    return ExportResult(target, name, version, metadata, parity, freeze)

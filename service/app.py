@@ -1,0 +1,47 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from normserve import __version__
+from service.errors import install_error_handlers
+from service.routes import router
+from service.runtime import Runtime
+from service.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("normserve.service")
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app; the repository is loaded at start-up (lifespan), off the event loop.
+
+    Pass ``runtime`` to serve an already-loaded set of models (tests do).
+    """
+    runtime = runtime or Runtime(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if not runtime.ready:
+            await anyio.to_thread.run_sync(runtime.load_repository)
+            log.info("ready: %d model version(s) from %s", len(runtime.store), settings.repository)
+        yield
+        runtime.ready = False
+
+    app = FastAPI(
+        title="normserve",
+        version=__version__,
+        summary="Folded, frozen, proven ONNX models over the Open Inference Protocol (V2)",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

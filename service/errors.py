@@ -1,0 +1,132 @@
+"""The serving error family: one base class, its HTTP status, one handler for all of them.
+
+This module is the single table of status decisions (DESIGN.md §5):
+
+==========================  ======  ==================================================
+error                       status  when
+==========================  ======  ==================================================
+``BadRequest``              400     bad input: body, shape, datatype, names, sizes
+``Unauthorized``            401     missing or wrong key
+``NotFound``                404     unknown model, version or route
+``MethodNotAllowed``        405     known path, wrong method
+``PayloadTooLarge``         413     body over ``max_body_bytes``
+``Unavailable``             503     not ready, queue full (with ``Retry-After``)
+``QueueTimeout``            504     request timed out in the queue
+anything else               500     a bug; logged with its traceback
+==========================  ======  ==================================================
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+__all__ = [
+    "BadRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "QueueTimeout",
+    "ServeError",
+    "Unauthorized",
+    "Unavailable",
+    "error_response",
+    "install_error_handlers",
+]
+
+log = logging.getLogger("normserve.service")
+
+
+class ServeError(Exception):
+    """Base of every error a client may see; ``status`` is its HTTP status."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ServeError):
+    status = 400
+
+
+class Unauthorized(ServeError):
+    status = 401
+
+
+class NotFound(ServeError):
+    status = 404
+
+
+class MethodNotAllowed(ServeError):
+    status = 405
+
+
+class PayloadTooLarge(ServeError):
+    status = 413
+
+
+class Unavailable(ServeError):
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class QueueTimeout(ServeError):
+    status = 504
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        content=orjson.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as ``{"error": ...}`` with the status from the table above."""
+
+    async def serve_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServeError)
+        return error_response(exc.status, exc.message, exc.headers)
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(400, _describe_validation(exc))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal server error (a bug: see the server log)")
+
+    app.add_exception_handler(ServeError, serve_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

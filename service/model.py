@@ -1,0 +1,112 @@
+"""One servable model version: its config and its ONNX Runtime session."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from service.datatypes import V2_BY_ONNX, to_numpy_dtype
+from service.repository import ModelConfig, RepositoryError, TensorSpec, VersionEntry, read_entry
+from service.settings import Settings
+
+__all__ = ["LoadedModel", "load_model"]
+
+log = logging.getLogger("normserve.service")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A session created once at load; ``run`` is thread-safe (ORT sessions are)."""
+
+    config: ModelConfig
+    session: ort.InferenceSession
+    providers: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> int:
+        return self.config.version
+
+    def input_spec(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.config.inputs if s.name == name), None)
+
+    def output_spec(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.config.outputs if s.name == name), None)
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """Run the graph; ``outputs`` are names from the config, returned in that order."""
+        return self.session.run(outputs, inputs)
+
+    def warm_up(self) -> None:
+        """One inference on a batch of zeros, so the first request pays no lazy set-up."""
+        feed = {
+            spec.name: np.zeros((1, *spec.shape[1:]), dtype=to_numpy_dtype(spec.datatype))
+            for spec in self.config.inputs
+        }
+        self.run(feed, [spec.name for spec in self.config.outputs])
+
+
+def _check_graph(config: ModelConfig, session: ort.InferenceSession, where: str) -> None:
+    """The graph's names, datatypes and ranks must be what model.json promises."""
+    for kind, declared, actual in (
+        ("input", config.inputs, session.get_inputs()),
+        ("output", config.outputs, session.get_outputs()),
+    ):
+        graph = {a.name: a for a in actual}
+        if {s.name for s in declared} != set(graph):
+            raise RepositoryError(
+                f"{where}: model.json {kind}s {[s.name for s in declared]} differ from the "
+                f"graph's {list(graph)}"
+            )
+        for spec in declared:
+            node = graph[spec.name]
+            if V2_BY_ONNX.get(node.type) != spec.datatype:
+                raise RepositoryError(
+                    f"{where}: {kind} {spec.name!r} is {node.type} in the graph, "
+                    f"{spec.datatype} in model.json"
+                )
+            if len(node.shape) != len(spec.shape):
+                raise RepositoryError(
+                    f"{where}: {kind} {spec.name!r} has rank {len(node.shape)} in the graph, "
+                    f"{len(spec.shape)} in model.json"
+                )
+
+
+def _session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_SEQUENTIAL
+        if settings.inter_op_threads == 1
+        else ort.ExecutionMode.ORT_PARALLEL
+    )
+    options.log_severity_level = 3
+    return options
+
+
+def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) -> LoadedModel:
+    """Read, check, create the session and warm it up; ``RepositoryError`` on any failure."""
+    config = read_entry(entry)
+    where = str(entry.path)
+    try:
+        session = ort.InferenceSession(
+            str(entry.onnx_path), _session_options(settings), providers=providers
+        )
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise RepositoryError(f"{where}: ONNX Runtime cannot load model.onnx: {exc}") from exc
+    _check_graph(config, session, where)
+    model = LoadedModel(config=config, session=session, providers=tuple(session.get_providers()))
+    try:
+        model.warm_up()
+    except Exception as exc:
+        raise RepositoryError(f"{where}: warm-up inference failed: {exc}") from exc
+    log.info("loaded %s version %d on %s", config.name, config.version, ", ".join(model.providers))
+    return model
