@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -100,17 +101,27 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
         raise
 
 
+def _unsafe_reason(exc: Exception) -> str:
+    """torch's weights-only refusal, reduced to the offending global."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if match:
+        return f"it references {match.group(1)}, which is code, not data"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "unsafe content"
+
+
 def _read(path: Path) -> object:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if not zipfile.is_zipfile(path):
+        # torch.save has written zip archives since 1.6; anything else is corrupt or legacy.
+        raise CheckpointError(f"checkpoint {path} is not a readable torch file (not a zip archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only=True refuses globals that are not plain tensors and containers.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise CheckpointError(
-            f"checkpoint {path} needs code to be unpickled, which normserve refuses "
-            f"(weights_only=True): {first}"
+            f"checkpoint {path} is refused: loading it needs code to be unpickled "
+            f"(normserve loads with weights_only=True): {_unsafe_reason(exc)}"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,174 @@
+"""The whole export: census, parity against eager, model.json, and failures that write nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.errors import ExportError, ParityError
+from export.parity import Tolerance
+from export.pipeline import ExportOptions, build_eval_model, run_export
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.datasets import load_dataset
+
+# The tolerances export gates on by default (DESIGN.md §3); the tests hold exports to them.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _entries(repository: Path) -> list[Path]:
+    return sorted(p for p in repository.rglob("*") if p.is_file())
+
+
+def test_export_has_no_batch_norm_and_matches_eager(
+    digits_checkpoint: Path, digits_repository: Path
+):
+    entry = digits_repository / "digits" / "1"
+    model = onnx.load(str(entry / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" not in ops
+    assert ops.count("Conv") == 2
+
+    eager = build_eval_model(load_checkpoint(digits_checkpoint))
+    data = load_dataset("digits", seed=1)
+    x = data.x_val[:50]
+    session = ort.InferenceSession(str(entry / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        expected = eager(x).numpy()
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    assert (got.argmax(1) == data.y_val[:50].numpy()).mean() > 0.8  # a real classifier
+
+
+def test_model_json_records_the_contract(digits_checkpoint: Path, digits_repository: Path):
+    entry = digits_repository / "digits" / "1"
+    meta = json.loads((entry / "model.json").read_text())
+    assert meta["format"] == "normserve.model/1"
+    assert (meta["name"], meta["version"], meta["platform"]) == ("digits", 1, "onnxruntime_onnx")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    assert meta["labels"] == [str(i) for i in range(10)]
+    assert meta["onnx_sha256"] == hashlib.sha256((entry / "model.onnx").read_bytes()).hexdigest()
+    report = meta["export"]
+    assert report["checkpoint_sha256"] == hashlib.sha256(digits_checkpoint.read_bytes()).hexdigest()
+    assert report["normalization"]["folded"] == {"conv2d+bn": 2, "linear+bn": 1}
+    assert report["graph"]["onnx_nodes"].get("BatchNormalization", 0) == 0
+    assert report["graph"]["ort_optimized_nodes"].get("BatchNormalization", 0) == 0
+    parity = report["parity"]
+    assert parity["ok"] is True
+    assert (parity["rtol"], parity["atol"]) == (RTOL, ATOL)
+    assert parity["batch_sizes"] == [1, 2, 7, 33]
+    assert set(parity["vs_eager_fp32"]) == {"ORT_DISABLE_ALL", "ORT_ENABLE_ALL"}
+    assert parity["batch_invariance"]["ok"] is True
+    assert parity["argmax_agreement"] == 1.0
+    assert parity["inputs"] == "validation split of digits"
+
+
+def test_exported_graph_has_dynamic_batch(digits_repository: Path):
+    session = ort.InferenceSession(
+        str(digits_repository / "digits" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for n in (1, 5, 64):
+        (out,) = session.run(None, {"input": np.zeros((n, 1, 8, 8), np.float32)})
+        assert out.shape == (n, 10)
+
+
+def test_second_export_gets_next_version_and_existing_needs_force(
+    digits_checkpoint: Path, tmp_path: Path
+):
+    options = ExportOptions(checkpoint=digits_checkpoint, repository=tmp_path, name="d")
+    assert run_export(options).version == 1
+    assert run_export(options).version == 2
+    with pytest.raises(ExportError, match="already exists"):
+        run_export(
+            ExportOptions(checkpoint=digits_checkpoint, repository=tmp_path, name="d", version=1)
+        )
+    forced = run_export(
+        ExportOptions(
+            checkpoint=digits_checkpoint, repository=tmp_path, name="d", version=1, force=True
+        )
+    )
+    assert forced.path == tmp_path / "d" / "1"
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["1", "2"]  # nothing left over
+
+
+def test_parity_failure_writes_nothing(digits_checkpoint: Path, tmp_path: Path):
+    # A tolerance no float32 computation can meet: the gate must refuse, and write nothing.
+    options = ExportOptions(
+        checkpoint=digits_checkpoint,
+        repository=tmp_path,
+        name="d",
+        tolerance=Tolerance(rtol=0.0, atol=0.0),
+    )
+    with pytest.raises(ParityError, match="rtol=0, atol=0"):
+        run_export(options)
+    assert _entries(tmp_path) == []
+
+
+class _Evil:
+    def __reduce__(self) -> tuple:
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not a readable torch file"),
+        (b"garbage bytes that are not a zip", "not a readable torch file"),
+    ],
+)
+def test_corrupt_checkpoint_is_refused(tmp_path: Path, content: bytes, message: str):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        run_export(ExportOptions(checkpoint=path, repository=tmp_path / "repo"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "normserve.checkpoint/1", "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        run_export(ExportOptions(checkpoint=path, repository=tmp_path / "repo"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_foreign_and_missing_checkpoints_are_refused(tmp_path: Path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"epoch": 3, "optimizer": {"lr": torch.tensor(0.1)}}, foreign)
+    with pytest.raises(CheckpointError, match="not a normserve checkpoint"):
+        run_export(ExportOptions(checkpoint=foreign, repository=tmp_path / "repo"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_export(ExportOptions(checkpoint=tmp_path / "missing.pt", repository=tmp_path / "repo"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_state_dict_that_does_not_fit_the_arch_is_refused(digits_checkpoint: Path, tmp_path: Path):
+    raw = torch.load(digits_checkpoint, weights_only=True)
+    raw["arch_config"] = {"hidden": 32}
+    path = tmp_path / "mismatch.pt"
+    torch.save(raw, path)
+    with pytest.raises(ExportError, match="does not fit arch 'digits_cnn'"):
+        run_export(ExportOptions(checkpoint=path, repository=tmp_path / "repo"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_checkpoint_is_plain_data(digits_checkpoint: Path):
+    raw = torch.load(digits_checkpoint, weights_only=True)
+    assert raw["format"] == "normserve.checkpoint/1"
+    assert raw["arch"] == "digits_cnn"
+    assert raw["input"] == {"name": "input", "shape": [1, 8, 8], "dtype": "float32"}
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(_write_evil(digits_checkpoint.parent / "evil2.pt"), weights_only=True)
+
+
+def _write_evil(path: Path) -> Path:
+    torch.save({"x": _Evil()}, path)
+    return path

@@ -1,0 +1,128 @@
+"""The command line through typer's runner: success output, and one line on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from normserve.cli import app
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_train_export_verify(runner: CliRunner, tmp_path: Path):
+    checkpoint = tmp_path / "ck" / "digits.pt"
+    result = runner.invoke(app, ["train", "--epochs", "2", "--seed", "2", "--out", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "validation accuracy" in result.output
+    assert checkpoint.is_file()
+
+    repo = tmp_path / "repo"
+    result = runner.invoke(
+        app, ["export", str(checkpoint), "--repository", str(repo), "--name", "digits"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "folded: conv2d+bn 2, linear+bn 1" in result.output
+    assert "BatchNormalization nodes: 0 exported, 0 after ORT optimization" in result.output
+    assert "rtol 0.0001, atol 1e-05" in result.output
+    assert f"wrote {repo / 'digits' / '1'}" in result.output
+    assert json.loads((repo / "digits" / "1" / "model.json").read_text())["version"] == 1
+
+    result = runner.invoke(
+        app, ["verify", str(repo / "digits" / "1"), "--checkpoint", str(checkpoint)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_export_of_missing_checkpoint_is_one_line(runner: CliRunner, tmp_path: Path):
+    line = _one_error_line(
+        runner.invoke(
+            app, ["export", str(tmp_path / "nope.pt"), "--repository", str(tmp_path / "r")]
+        )
+    )
+    assert "does not exist" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_export_of_corrupt_checkpoint_is_one_line(runner: CliRunner, tmp_path: Path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    line = _one_error_line(
+        runner.invoke(app, ["export", str(bad), "--repository", str(tmp_path / "r")])
+    )
+    assert "not a readable torch file" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_input_shape_option(runner: CliRunner, digits_checkpoint: Path, tmp_path: Path):
+    line = _one_error_line(
+        runner.invoke(
+            app,
+            [
+                "export",
+                str(digits_checkpoint),
+                "--input-shape",
+                "1,x,8",
+                "--repository",
+                str(tmp_path),
+            ],
+        )
+    )
+    assert "--input-shape must be comma-separated integers" in line
+
+
+def test_export_into_unwritable_place_is_one_line(
+    runner: CliRunner, digits_checkpoint: Path, tmp_path: Path
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    line = _one_error_line(
+        runner.invoke(app, ["export", str(digits_checkpoint), "--repository", str(blocker)])
+    )
+    assert "not a directory" in line
+    assert blocker.read_text() == "not a directory"
+
+
+def test_verify_refuses_another_checkpoint(
+    runner: CliRunner, digits_checkpoint: Path, digits_repository: Path, tmp_path: Path
+):
+    other = tmp_path / "other.pt"
+    assert (
+        runner.invoke(app, ["train", "--epochs", "1", "--seed", "9", "--out", str(other)]).exit_code
+        == 0
+    )
+    line = _one_error_line(
+        runner.invoke(
+            app, ["verify", str(digits_repository / "digits" / "1"), "--checkpoint", str(other)]
+        )
+    )
+    assert "is not the checkpoint" in line
+
+
+def test_serve_with_invalid_setting_is_one_line(runner: CliRunner, tmp_path: Path):
+    line = _one_error_line(
+        runner.invoke(app, ["serve", "--repository", str(tmp_path), "--port", "70000"])
+    )
+    assert "invalid setting port" in line
+
+
+def test_train_unknown_arch_is_one_line(runner: CliRunner, tmp_path: Path):
+    line = _one_error_line(
+        runner.invoke(app, ["train", "--arch", "nope", "--out", str(tmp_path / "x.pt")])
+    )
+    assert "arch 'nope' is not registered" in line

@@ -1,0 +1,80 @@
+"""Tiny hand-built ONNX models and repository entries for service tests (no torch needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+W = np.array([[1.0, -2.0], [0.5, 0.25], [-1.5, 3.0]], dtype=np.float32)  # (3, 2)
+B = np.array([0.1, -0.2], dtype=np.float32)
+
+
+def affine_reference(x: np.ndarray, version: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """What the fake model computes: ``y = x @ (W * version) + B`` and ``z = relu(y)``."""
+    y = x.astype(np.float64) @ (W.astype(np.float64) * version) + B
+    return y, np.maximum(y, 0.0)
+
+
+def affine_model(version: int = 1) -> bytes:
+    """x (N, 3) FP32 → y (N, 2) and z = relu(y); the version scales W so versions differ."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "B"], ["y"]),
+            helper.make_node("Relu", ["y"], ["z"]),
+        ],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 2]),
+        ],
+        initializer=[
+            numpy_helper.from_array(W * version, "W"),
+            numpy_helper.from_array(B, "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_entry(
+    repository: Path,
+    name: str = "affine",
+    version: int = 1,
+    *,
+    max_batch_size: int = 8,
+    onnx_bytes: bytes | None = None,
+    overrides: dict | None = None,
+) -> Path:
+    """A repository entry as export writes it; ``overrides`` patch model.json for bad cases."""
+    data = onnx_bytes if onnx_bytes is not None else affine_model(version)
+    entry = repository / name / str(version)
+    entry.mkdir(parents=True)
+    (entry / "model.onnx").write_bytes(data)
+    meta = {
+        "format": "normserve.model/1",
+        "name": name,
+        "version": version,
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "z", "datatype": "FP32", "shape": [-1, 2]},
+        ],
+        "max_batch_size": max_batch_size,
+        "labels": ["left", "right"],
+        "preprocess": None,
+        "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "export": {"arch": "hand-built affine", "opset": 18},
+    }
+    meta.update(overrides or {})
+    (entry / "model.json").write_text(json.dumps(meta))
+    return entry
