@@ -21,7 +21,14 @@ from export.audit import audit_graph
 from export.errors import ExportError
 from export.freeze import FreezeReport, freeze_normalization
 from export.onnx_export import DEFAULT_OPSET, export_onnx
-from export.parity import BATCH_SIZES, ParityReport, Tolerance, prove_parity, require_parity
+from export.parity import (
+    BATCH_SIZES,
+    ParityReport,
+    Tolerance,
+    make_session,
+    prove_parity,
+    require_parity,
+)
 from export.repository import MODEL_FORMAT, plan_entry, write_entry
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.datasets import load_dataset
@@ -31,6 +38,7 @@ __all__ = [
     "ExportOptions",
     "ExportResult",
     "build_eval_model",
+    "golden_probe",
     "parity_inputs",
     "run_export",
     "sha256_file",
@@ -107,6 +115,34 @@ def parity_inputs(checkpoint: Checkpoint, count: int = 64) -> tuple[torch.Tensor
     return torch.randn([count, *shape], generator=generator).to(dtype), "random normal"
 
 
+def golden_probe(
+    model_bytes: bytes, inputs: torch.Tensor, input_name: str, output_name: str, tol: Tolerance
+) -> dict[str, Any]:
+    """Two real inputs and ONNX Runtime's outputs for them, as V2 JSON tensors.
+
+    The server runs them on every new version before swapping it in and refuses the version
+    when its outputs differ by more than the export tolerance.
+    """
+    batch = inputs[torch.arange(2) % len(inputs)].numpy()
+    (output,) = make_session(model_bytes, "ORT_ENABLE_ALL").run([output_name], {input_name: batch})
+
+    def tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+        datatype = _V2_DATATYPES[str(array.dtype)]
+        return {
+            "name": name,
+            "datatype": datatype,
+            "shape": list(array.shape),
+            "data": array.ravel().tolist(),
+        }
+
+    return {
+        "inputs": [tensor(input_name, batch)],
+        "outputs": [tensor(output_name, output)],
+        "rtol": tol.rtol,
+        "atol": tol.atol,
+    }
+
+
 def _is_classifier(checkpoint: Checkpoint, example_out: torch.Tensor) -> bool:
     return bool(checkpoint.labels) or (example_out.dim() == 2 and example_out.shape[1] > 1)
 
@@ -119,6 +155,7 @@ def _metadata(
     version: int,
     onnx_bytes: bytes,
     output_shape: list[int],
+    probe: dict[str, Any],
     freeze: FreezeReport,
     audit: dict[str, Any],
     parity: ParityReport,
@@ -143,6 +180,7 @@ def _metadata(
         "labels": checkpoint.labels,
         "preprocess": checkpoint.preprocess,
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "golden_probe": probe,
         "export": {
             "checkpoint_sha256": sha256_file(options.checkpoint),
             "arch": checkpoint.arch,
@@ -219,6 +257,9 @@ def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult
         version=version,
         onnx_bytes=onnx_bytes,
         output_shape=list(example_out.shape[1:]),
+        probe=golden_probe(
+            onnx_bytes, inputs, checkpoint.input.name, checkpoint.output_name, options.tolerance
+        ),
         freeze=freeze,
         audit=audit,
         parity=parity,

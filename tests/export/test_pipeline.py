@@ -172,3 +172,18 @@ def test_checkpoint_is_plain_data(digits_checkpoint: Path):
 def _write_evil(path: Path) -> Path:
     torch.save({"x": _Evil()}, path)
     return path
+
+
+def test_golden_probe_reproduces_with_onnx_runtime(digits_repository: Path):
+    entry = digits_repository / "digits" / "1"
+    probe = json.loads((entry / "model.json").read_text())["golden_probe"]
+    (inp,), (outp,) = probe["inputs"], probe["outputs"]
+    assert (inp["name"], inp["datatype"], inp["shape"]) == ("input", "FP32", [2, 1, 8, 8])
+    assert (outp["name"], outp["shape"]) == ("logits", [2, 10])
+    assert (probe["rtol"], probe["atol"]) == (RTOL, ATOL)
+    session = ort.InferenceSession(str(entry / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.array(inp["data"], dtype=np.float32).reshape(inp["shape"])
+    assert float(np.abs(x).max()) > 0  # real validation images, not zeros
+    (got,) = session.run(None, {"input": x})
+    expected = np.array(outp["data"], dtype=np.float32).reshape(outp["shape"])
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
