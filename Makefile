@@ -44,3 +44,24 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- Containers (README "Deploy"). The serving image with the default model baked in: the model
+# is trained and exported first when $(REPOSITORY) has none. PYTHON_IMAGE names the Python 3.11
+# slim base (a local stand-in where Docker Hub is out of reach, see scripts/docker_engine.sh).
+IMAGE ?= normserve:latest
+PYTHON_IMAGE ?= python:3.11-slim
+DOCKER ?= docker
+DOCKER_BUILD_FLAGS ?= --network host
+
+.PHONY: image test-fast
+
+image: model
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) --target serve \
+		--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) --build-arg MODEL_REPOSITORY=$(REPOSITORY) \
+		-t $(IMAGE) .
+
+# Every test but the ones that need a container engine (marker `docker`): the quick local loop.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not docker"
