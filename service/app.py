@@ -10,7 +10,9 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from normserve import __version__
+from service.auth import BearerKey
 from service.errors import install_error_handlers
+from service.observe import ObserveMiddleware
 from service.routes import router
 from service.runtime import Runtime
 from service.settings import Settings
@@ -23,7 +25,7 @@ log = logging.getLogger("normserve.service")
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """Build the app; the repository is loaded at start-up (lifespan), off the event loop.
 
-    Pass ``runtime`` to serve an already-loaded set of models (tests do).
+    Pass ``runtime`` to serve an already-loaded set of models (the server and tests do).
     """
     runtime = runtime or Runtime(settings=settings)
 
@@ -32,8 +34,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         if not runtime.ready:
             await anyio.to_thread.run_sync(runtime.load_repository)
             log.info("ready: %d model version(s) from %s", len(runtime.store), settings.repository)
-        yield
-        runtime.ready = False
+        runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.shutdown()
 
     app = FastAPI(
         title="normserve",
@@ -42,6 +47,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.api_key = BearerKey(settings.api_key, "inference") if settings.api_key else None
+    app.state.admin_key = (
+        BearerKey(settings.admin_key, "repository control") if settings.admin_key else None
+    )
     install_error_handlers(app)
     app.include_router(router)
+    app.add_middleware(ObserveMiddleware, runtime=runtime)
     return app

@@ -1,12 +1,19 @@
-"""V2 (Open Inference Protocol) JSON tensors ↔ numpy, with every check a client can fail.
+"""V2 (Open Inference Protocol) tensors ↔ numpy: JSON and the binary tensor extension.
 
-Decoding is plain functions over the parsed body (orjson, never pydantic models for tensor
+A request body is a JSON header, optionally followed by raw tensor bytes: the header's length
+comes from ``Inference-Header-Content-Length`` and each binary input says how many bytes it
+takes (``parameters.binary_data_size``), in input order. Outputs leave as JSON ``data`` or, when
+asked for (per output ``binary_data`` or request-level ``binary_data_output``), as raw bytes
+after the JSON header, in the order the response lists them.
+
+Decoding is plain functions over the parsed header (orjson, never pydantic models for tensor
 data); each failure is a ``BadRequest`` naming the field and what was expected.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,17 +25,70 @@ from service.errors import BadRequest
 from service.model import LoadedModel
 from service.repository import TensorSpec
 
-__all__ = ["InferRequest", "decode_infer_request", "encode_infer_response", "parse_json_body"]
+__all__ = [
+    "InferRequest",
+    "OutputRequest",
+    "check_shape",
+    "decode_infer_request",
+    "encode_infer_response",
+    "parse_json_body",
+    "split_body",
+    "to_array",
+    "top_k_indices",
+]
+
+_REQUEST_PARAMETERS = {"binary_data_output", "timeout"}
+_UNSUPPORTED_PARAMETERS = {
+    "sequence_id": "sequence batching",
+    "sequence_start": "sequence batching",
+    "sequence_end": "sequence batching",
+    "priority": "request priorities",
+    "shared_memory_region": "shared memory",
+    "shared_memory_byte_size": "shared memory",
+    "shared_memory_offset": "shared memory",
+}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class OutputRequest:
+    """One output to return: as raw bytes or JSON, or as its top ``classification`` classes."""
+
+    name: str
+    binary: bool
+    classification: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class InferRequest:
     """A decoded request: model inputs as arrays, outputs to return (in order), request id."""
 
     inputs: dict[str, np.ndarray]
-    outputs: list[str]
+    outputs: list[OutputRequest]
     id: str | None
     batch_size: int
+    timeout_s: float | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary part that follows it (empty for a JSON-only body)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    text = header_length.strip()
+    if not text.isdigit():
+        raise BadRequest(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {text[:32]!r}"
+        )
+    length = int(text)
+    if length > len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes"
+        )
+    view = memoryview(body)
+    return bytes(view[:length]), view[length:]
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -54,7 +114,7 @@ def _shape(raw: object, field: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _check_shape(shape: tuple[int, ...], spec: TensorSpec, field: str, max_batch: int) -> None:
+def check_shape(shape: tuple[int, ...], spec: TensorSpec, field: str, max_batch: int) -> None:
     expected = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
     if len(shape) != len(spec.shape):
         raise BadRequest(f"{field}: expected rank {len(spec.shape)} {expected}, got {list(shape)}")
@@ -65,9 +125,11 @@ def _check_shape(shape: tuple[int, ...], spec: TensorSpec, field: str, max_batch
             )
     if not 1 <= shape[0] <= max_batch:
         raise BadRequest(f"{field}: batch size must be between 1 and {max_batch}, got {shape[0]}")
+    if any(d == 0 for d in shape[1:]):
+        raise BadRequest(f"{field}: dimensions must be positive, got {list(shape)}")
 
 
-def _to_array(data: object, spec: TensorSpec, shape: tuple[int, ...], field: str) -> np.ndarray:
+def to_array(data: object, spec: TensorSpec, shape: tuple[int, ...], field: str) -> np.ndarray:
     """Flat or nested JSON numbers → an array of ``spec.datatype`` with ``shape``."""
     if not isinstance(data, list):
         raise BadRequest(f"{field}: expected a list of numbers, got {type(data).__name__}")
@@ -98,7 +160,52 @@ def _to_array(data: object, spec: TensorSpec, shape: tuple[int, ...], field: str
     return raw.astype(dtype).reshape(shape)
 
 
-def _decode_input(item: object, index: int, model: LoadedModel) -> tuple[str, np.ndarray]:
+def _from_binary(
+    binary: memoryview,
+    offset: int,
+    size: object,
+    spec: TensorSpec,
+    shape: tuple[int, ...],
+    field: str,
+) -> np.ndarray:
+    """``size`` raw little-endian bytes at ``offset`` → an array (no copy when aligned)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequest(f"{field}.parameters.binary_data_size: expected a non-negative integer")
+    dtype = to_numpy_dtype(spec.datatype)
+    expected = math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise BadRequest(
+            f"{field}.parameters.binary_data_size: shape {list(shape)} of {spec.datatype} needs "
+            f"{expected} bytes, got {size}"
+        )
+    if offset + size > len(binary):
+        raise BadRequest(
+            f"{field}: binary data ends at byte {offset + size} of the binary section, which has "
+            f"only {len(binary)} bytes"
+        )
+    array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset)
+    if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+        raise BadRequest(f"{field}: BOOL bytes must be 0 or 1")
+    if not array.flags.aligned:
+        array = array.copy()
+    return array.reshape(shape)
+
+
+def _parameters(raw: object, field: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadRequest(f"{field}: expected an object")
+    for key in raw:
+        if key in _UNSUPPORTED_PARAMETERS:
+            raise BadRequest(f"{field}.{key}: {_UNSUPPORTED_PARAMETERS[key]} is not supported")
+    return raw
+
+
+def _decode_input(
+    item: object, index: int, model: LoadedModel, binary: memoryview, offset: int
+) -> tuple[str, np.ndarray, int]:
+    """One input tensor; returns the new offset into the binary section."""
     field = f"inputs[{index}]"
     if not isinstance(item, dict):
         raise BadRequest(f"{field}: expected an object with name, shape, datatype and data")
@@ -116,47 +223,113 @@ def _decode_input(item: object, index: int, model: LoadedModel) -> tuple[str, np
             f"{field}.datatype: expected {spec.datatype!r}, got {str(datatype)[:32]!r}"
         )
     shape = _shape(item.get("shape"), f"{field}.shape")
-    _check_shape(shape, spec, f"{field}.shape", model.config.max_batch_size)
+    check_shape(shape, spec, f"{field}.shape", model.config.max_batch_size)
+    parameters = _parameters(item.get("parameters"), f"{field}.parameters")
+    unknown = set(parameters) - {"binary_data_size"}
+    if unknown:
+        raise BadRequest(
+            f"{field}.parameters: unknown {sorted(unknown)[:4]}; only binary_data_size is known"
+        )
+    if "binary_data_size" in parameters:
+        if "data" in item:
+            raise BadRequest(f"{field}: give either data or parameters.binary_data_size, not both")
+        size = parameters["binary_data_size"]
+        array = _from_binary(binary, offset, size, spec, shape, field)
+        return name, array, offset + size
     if "data" not in item:
         raise BadRequest(f"{field}.data: missing; expected the tensor's values")
-    return name, _to_array(item["data"], spec, shape, f"{field}.data")
+    return name, to_array(item["data"], spec, shape, f"{field}.data"), offset
 
 
-def _requested_outputs(raw: object, model: LoadedModel) -> list[str]:
+def _flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{field}: expected true or false")
+    return value
+
+
+def _requested_outputs(
+    raw: object, model: LoadedModel, binary_default: bool
+) -> list[OutputRequest]:
     if raw is None:
-        return [spec.name for spec in model.config.outputs]
+        return [OutputRequest(spec.name, binary_default) for spec in model.config.outputs]
     if not isinstance(raw, list):
         raise BadRequest('outputs: expected a list of {"name": ...} objects')
-    names = []
+    requested: list[OutputRequest] = []
+    seen: set[str] = set()
     for index, item in enumerate(raw):
+        field = f"outputs[{index}]"
         name = item.get("name") if isinstance(item, dict) else None
         if not isinstance(name, str):
-            raise BadRequest(f"outputs[{index}].name: expected a string")
-        if model.output_spec(name) is None:
+            raise BadRequest(f"{field}.name: expected a string")
+        spec = model.output_spec(name)
+        if spec is None:
             known = [s.name for s in model.config.outputs]
             raise BadRequest(
-                f"outputs[{index}].name: unknown output {name[:64]!r}; model outputs are {known}"
+                f"{field}.name: unknown output {name[:64]!r}; model outputs are {known}"
             )
-        if name in names:
-            raise BadRequest(f"outputs[{index}].name: {name!r} is requested twice")
-        names.append(name)
-    return names
+        if name in seen:
+            raise BadRequest(f"{field}.name: {name!r} is requested twice")
+        seen.add(name)
+        parameters = _parameters(item.get("parameters"), f"{field}.parameters")  # type: ignore[union-attr]
+        unknown = set(parameters) - {"binary_data", "classification"}
+        if unknown:
+            raise BadRequest(
+                f"{field}.parameters: unknown {sorted(unknown)[:4]}; "
+                "known are binary_data and classification"
+            )
+        binary = binary_default
+        if "binary_data" in parameters:
+            binary = _flag(parameters["binary_data"], f"{field}.parameters.binary_data")
+        classes = parameters.get("classification", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise BadRequest(f"{field}.parameters.classification: expected a positive integer")
+        if classes and len(spec.shape) != 2:
+            raise BadRequest(
+                f"{field}.parameters.classification: needs an output of shape [N, classes], "
+                f"{name!r} has {list(spec.shape)}"
+            )
+        requested.append(OutputRequest(name, binary, classes))
+    return requested
 
 
-def decode_infer_request(body: dict[str, Any], model: LoadedModel) -> InferRequest:
-    """Check and convert a parsed V2 infer request for ``model``."""
-    request_id = body.get("id")
+def decode_infer_request(
+    header: dict[str, Any], model: LoadedModel, binary: memoryview | None = None
+) -> InferRequest:
+    """Check and convert a parsed V2 infer request (and its binary section) for ``model``."""
+    binary = binary if binary is not None else memoryview(b"")
+    request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("id: expected a string")
-    raw_inputs = body.get("inputs")
+    parameters = _parameters(header.get("parameters"), "parameters")
+    unknown = set(parameters) - _REQUEST_PARAMETERS
+    if unknown:
+        raise BadRequest(
+            f"parameters: unknown {sorted(unknown)[:4]}; known are {sorted(_REQUEST_PARAMETERS)}"
+        )
+    binary_output = _flag(
+        parameters.get("binary_data_output", False), "parameters.binary_data_output"
+    )
+    timeout_s = None
+    if "timeout" in parameters:
+        timeout = parameters["timeout"]
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+            raise BadRequest("parameters.timeout: expected microseconds as a non-negative integer")
+        timeout_s = timeout / 1e6 if timeout else None
+    raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("inputs: expected a non-empty list of input tensors")
     inputs: dict[str, np.ndarray] = {}
+    offset = 0
     for index, item in enumerate(raw_inputs):
-        name, array = _decode_input(item, index, model)
+        name, array, offset = _decode_input(item, index, model, binary, offset)
         if name in inputs:
             raise BadRequest(f"inputs[{index}].name: input {name!r} is given twice")
         inputs[name] = array
+    if offset != len(binary):
+        raise BadRequest(
+            f"binary section has {len(binary)} bytes but the inputs' binary_data_size add up "
+            f"to {offset}"
+        )
     missing = [s.name for s in model.config.inputs if s.name not in inputs]
     if missing:
         raise BadRequest(f"inputs: missing required input(s) {missing}")
@@ -165,26 +338,80 @@ def decode_infer_request(body: dict[str, Any], model: LoadedModel) -> InferReque
         raise BadRequest(f"inputs: all inputs must share one batch size, got {sorted(batch_sizes)}")
     return InferRequest(
         inputs=inputs,
-        outputs=_requested_outputs(body.get("outputs"), model),
+        outputs=_requested_outputs(header.get("outputs"), model, binary_output),
         id=request_id,
         batch_size=batch_sizes.pop(),
+        timeout_s=timeout_s,
     )
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """(N, C) → (N, min(k, C)) column indices, highest score first (ties: lower index first)."""
+    k = min(k, scores.shape[1])
+    return np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
+
+
+def _classification(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification view: strings ``"score:index[:label]"``, shape (N, k)."""
+    indices = top_k_indices(array, k)
+    rows = []
+    for row, picks in zip(array, indices, strict=True):
+        items = []
+        for index in picks:
+            text = f"{float(row[index]):f}:{int(index)}"
+            if labels is not None and index < len(labels):
+                text += f":{labels[index]}"
+            items.append(text)
+        rows.append(items)
+    return np.array(rows, dtype=object)
+
+
+def _bytes_payload(array: np.ndarray) -> bytes:
+    """BYTES tensors in the binary extension: each element as a 4-byte length, then the bytes."""
+    parts = []
+    for item in array.ravel():
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts += [struct.pack("<I", len(data)), data]
+    return b"".join(parts)
 
 
 def encode_infer_response(
     model: LoadedModel, request: InferRequest, outputs: list[np.ndarray]
-) -> bytes:
-    """The V2 JSON response; arrays go straight to orjson, flattened in row-major order."""
+) -> tuple[bytes, int | None]:
+    """The response body and, when some output is binary, the JSON header's length.
+
+    JSON ``data`` goes straight from numpy to orjson, flattened in row-major order.
+    """
     body: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
     if request.id is not None:
         body["id"] = request.id
-    body["outputs"] = [
-        {
-            "name": name,
-            "datatype": model.output_spec(name).datatype,  # type: ignore[union-attr]
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for wanted, array in zip(request.outputs, outputs, strict=True):
+        if wanted.classification:
+            array = _classification(array, wanted.classification, model.config.labels)
+            datatype = "BYTES"
+        else:
+            datatype = model.output_spec(wanted.name).datatype  # type: ignore[union-attr]
+        tensor: dict[str, Any] = {
+            "name": wanted.name,
+            "datatype": datatype,
             "shape": list(array.shape),
-            "data": np.ascontiguousarray(array).ravel(),
         }
-        for name, array in zip(request.outputs, outputs, strict=True)
-    ]
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        if wanted.binary:
+            if datatype == "BYTES":
+                payload = _bytes_payload(array)
+            else:
+                payload = np.ascontiguousarray(array).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(payload)}
+            chunks.append(payload)
+        elif datatype == "BYTES":
+            tensor["data"] = array.ravel().tolist()
+        else:
+            tensor["data"] = np.ascontiguousarray(array).ravel()
+        tensors.append(tensor)
+    body["outputs"] = tensors
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)

@@ -5,12 +5,17 @@ This module is the single table of status decisions (DESIGN.md §5):
 ==========================  ======  ==================================================
 error                       status  when
 ==========================  ======  ==================================================
-``BadRequest``              400     bad input: body, shape, datatype, names, sizes
-``Unauthorized``            401     missing or wrong key
+``BadRequest``              400     bad input: body, shape, datatype, names, sizes;
+                                    a load request whose model fails to load
+``Unauthorized``            401     missing or wrong key (with ``WWW-Authenticate``)
+``Forbidden``               403     repository API while no admin key is configured
 ``NotFound``                404     unknown model, version or route
 ``MethodNotAllowed``        405     known path, wrong method
-``PayloadTooLarge``         413     body over ``max_body_bytes``
-``Unavailable``             503     not ready, queue full (with ``Retry-After``)
+``PayloadTooLarge``         413     body over ``max_body_bytes`` (before or after inflating)
+``UnsupportedEncoding``     415     a ``Content-Encoding`` other than gzip, deflate, identity
+``InferenceFailed``         500     ONNX Runtime failed on input that passed every check
+``Unavailable``             503     not ready, draining (with ``Retry-After``)
+``QueueFull``               503     the model version's queue is full (with ``Retry-After``)
 ``QueueTimeout``            504     request timed out in the queue
 anything else               500     a bug; logged with its traceback
 ==========================  ======  ==================================================
@@ -28,13 +33,17 @@ from starlette.responses import Response
 
 __all__ = [
     "BadRequest",
+    "Forbidden",
+    "InferenceFailed",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "QueueFull",
     "QueueTimeout",
     "ServeError",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedEncoding",
     "error_response",
     "install_error_handlers",
 ]
@@ -60,6 +69,13 @@ class BadRequest(ServeError):
 class Unauthorized(ServeError):
     status = 401
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ServeError):
+    status = 403
+
 
 class NotFound(ServeError):
     status = 404
@@ -73,11 +89,23 @@ class PayloadTooLarge(ServeError):
     status = 413
 
 
+class UnsupportedEncoding(ServeError):
+    status = 415
+
+
+class InferenceFailed(ServeError):
+    status = 500
+
+
 class Unavailable(ServeError):
     status = 503
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class QueueFull(Unavailable):
+    """Overload: the batcher's bounded queue is full."""
 
 
 class QueueTimeout(ServeError):

@@ -1,27 +1,71 @@
-"""What the routes do, with no HTTP in sight: metadata views and inference."""
+"""What the routes do, with no HTTP in sight: metadata views, inference, statistics."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
-import anyio.to_thread
+import orjson
 
 from normserve import __version__
-from service.codec import decode_infer_request, encode_infer_response, parse_json_body
-from service.model import LoadedModel
+from service.codec import (
+    decode_infer_request,
+    encode_infer_response,
+    parse_json_body,
+    split_body,
+)
+from service.errors import ServeError
+from service.predict import decode_predict_request, encode_predictions
+from service.servable import Servable, batch_policy
+from service.settings import Settings
 from service.store import ModelStore
 
-__all__ = ["infer", "model_metadata", "server_metadata"]
+__all__ = [
+    "InferOutcome",
+    "infer",
+    "model_config",
+    "model_metadata",
+    "model_stats",
+    "predict",
+    "server_metadata",
+]
 
-EXTENSIONS: list[str] = []
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
+
+_TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InferOutcome:
+    """An encoded response and where its time went."""
+
+    body: bytes
+    header_length: int | None  # set when binary outputs follow the JSON header
+    queue_s: float
+    compute_s: float
+    batch_size: int
 
 
 def server_metadata() -> dict[str, Any]:
     return {"name": "normserve", "version": __version__, "extensions": EXTENSIONS}
 
 
-def model_metadata(store: ModelStore, model: LoadedModel) -> dict[str, Any]:
-    config = model.config
+def model_metadata(store: ModelStore, servable: Servable) -> dict[str, Any]:
+    config = servable.config
     export = config.export
     return {
         "name": config.name,
@@ -34,7 +78,8 @@ def model_metadata(store: ModelStore, model: LoadedModel) -> dict[str, Any]:
             "max_batch_size": config.max_batch_size,
             "labels": config.labels,
             "preprocess": config.preprocess,
-            "providers": list(model.providers),
+            "providers": list(servable.model.providers),
+            "golden_probe": config.golden_probe is not None,
             "export": {
                 key: export.get(key)
                 for key in ("arch", "opset", "normalization", "parity", "created")
@@ -44,8 +89,99 @@ def model_metadata(store: ModelStore, model: LoadedModel) -> dict[str, Any]:
     }
 
 
-async def infer(model: LoadedModel, body: bytes) -> bytes:
-    """Decode, run off the event loop, encode."""
-    request = decode_infer_request(parse_json_body(body), model)
-    outputs = await anyio.to_thread.run_sync(model.run, request.inputs, request.outputs)
-    return encode_infer_response(model, request, outputs)
+def model_config(servable: Servable, settings: Settings) -> dict[str, Any]:
+    """Triton's model configuration shape: dims exclude the batch axis (max_batch_size > 0)."""
+    config = servable.config
+    policy = batch_policy(config, settings)
+    gpu = any(p.startswith("CUDA") for p in servable.model.providers)
+    return {
+        "name": config.name,
+        "platform": config.platform,
+        "backend": "onnxruntime",
+        "version_policy": {"specific": {"versions": [config.version]}},
+        "max_batch_size": config.max_batch_size,
+        "input": [
+            {
+                "name": s.name,
+                "data_type": _TRITON_TYPES[s.datatype],
+                "format": "FORMAT_NONE",
+                "dims": list(s.shape[1:]),
+            }
+            for s in config.inputs
+        ],
+        "output": [
+            {
+                "name": s.name,
+                "data_type": _TRITON_TYPES[s.datatype],
+                "dims": list(s.shape[1:]),
+                "label_filename": "",
+            }
+            for s in config.outputs
+        ],
+        "dynamic_batching": {
+            "preferred_batch_size": [],
+            "max_queue_delay_microseconds": int(policy.max_queue_delay_s * 1e6),
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": int(policy.queue_timeout_s * 1e6),
+                "allow_timeout_override": True,
+                "max_queue_size": policy.max_queue_size,
+            },
+        },
+        "instance_group": [
+            {
+                "name": f"{config.name}_0",
+                "kind": "KIND_GPU" if gpu else "KIND_CPU",
+                "count": 1,
+                "gpus": [settings.cuda_device_id] if gpu else [],
+            }
+        ],
+        "parameters": {"labels": config.labels, "providers": list(servable.model.providers)},
+    }
+
+
+def model_stats(servables: list[Servable]) -> dict[str, Any]:
+    return {"model_stats": [s.stats.to_triton(s.name, s.version) for s in servables]}
+
+
+async def infer(servable: Servable, body: bytes, header_length: str | None) -> InferOutcome:
+    """Decode, queue for a batch, encode; statistics record success and failure alike."""
+    start = time.perf_counter()
+    try:
+        header, binary = split_body(body, header_length)
+        request = decode_infer_request(parse_json_body(header), servable.model, binary)
+        decoded = time.perf_counter()
+        result = await servable.batcher.submit(
+            request.inputs, request.batch_size, request.output_names, request.timeout_s
+        )
+        returned = time.perf_counter()
+        payload, json_length = encode_infer_response(servable.model, request, result.outputs)
+    except ServeError as exc:
+        servable.stats.request_failed(exc.status, time.perf_counter() - start)
+        raise
+    end = time.perf_counter()
+    servable.stats.request_done(
+        end - start, result.queue_s, result.compute_s, decoded - start, end - returned
+    )
+    return InferOutcome(payload, json_length, result.queue_s, result.compute_s, result.batch_size)
+
+
+async def predict(servable: Servable, body: bytes, default_top_k: int) -> InferOutcome:
+    """The V1 ``:predict`` view over the same batcher."""
+    start = time.perf_counter()
+    model = servable.model
+    try:
+        inputs, count, top_k = decode_predict_request(parse_json_body(body), model, default_top_k)
+        decoded = time.perf_counter()
+        names = [s.name for s in model.config.outputs]
+        result = await servable.batcher.submit(inputs, count, names)
+        returned = time.perf_counter()
+        payload = orjson.dumps(encode_predictions(model, result.outputs, top_k))
+    except ServeError as exc:
+        servable.stats.request_failed(exc.status, time.perf_counter() - start)
+        raise
+    end = time.perf_counter()
+    servable.stats.request_done(
+        end - start, result.queue_s, result.compute_s, decoded - start, end - returned
+    )
+    return InferOutcome(payload, None, result.queue_s, result.compute_s, result.batch_size)

@@ -9,10 +9,11 @@ import numpy as np
 import onnxruntime as ort
 
 from service.datatypes import V2_BY_ONNX, to_numpy_dtype
+from service.providers import CUDA
 from service.repository import ModelConfig, RepositoryError, TensorSpec, VersionEntry, read_entry
 from service.settings import Settings
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "check_golden_probe", "load_model"]
 
 log = logging.getLogger("normserve.service")
 
@@ -78,6 +79,49 @@ def _check_graph(config: ModelConfig, session: ort.InferenceSession, where: str)
                 )
 
 
+def check_golden_probe(model: LoadedModel, where: str) -> None:
+    """Replay the probe recorded at export; ``RepositoryError`` unless the outputs match.
+
+    This catches what hashes cannot: a graph that loads but computes something else on this
+    machine's ONNX Runtime and provider (a wrong build, a provider bug, a swapped file).
+    """
+    probe = model.config.golden_probe
+    if probe is None:
+        return
+    declared_inputs = {s.name for s in model.config.inputs}
+    if set(probe.inputs) != declared_inputs:
+        raise RepositoryError(
+            f"{where}: golden probe inputs {sorted(probe.inputs)} differ from the model's "
+            f"{sorted(declared_inputs)}"
+        )
+    for name in probe.outputs:
+        if model.output_spec(name) is None:
+            raise RepositoryError(f"{where}: golden probe output {name!r} is not a model output")
+    feed = {
+        name: array.astype(to_numpy_dtype(model.input_spec(name).datatype), copy=False)  # type: ignore[union-attr]
+        for name, array in probe.inputs.items()
+    }
+    names = list(probe.outputs)
+    try:
+        actual = model.run(feed, names)
+    except Exception as exc:
+        raise RepositoryError(f"{where}: golden probe inference failed: {exc}") from exc
+    for name, got in zip(names, actual, strict=True):
+        expected = probe.outputs[name]
+        if got.shape != expected.shape:
+            raise RepositoryError(
+                f"{where}: golden probe output {name!r} has shape {list(got.shape)}, "
+                f"recorded {list(expected.shape)}"
+            )
+        got64, want64 = got.astype(np.float64), expected.astype(np.float64)
+        if not np.allclose(got64, want64, rtol=probe.rtol, atol=probe.atol):
+            worst = float(np.max(np.abs(got64 - want64))) if got.size else 0.0
+            raise RepositoryError(
+                f"{where}: golden probe output {name!r} differs from the export's "
+                f"(max abs diff {worst:.3g} > rtol {probe.rtol:g}, atol {probe.atol:g})"
+            )
+
+
 def _session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -92,13 +136,25 @@ def _session_options(settings: Settings) -> ort.SessionOptions:
     return options
 
 
+def _provider_list(providers: list[str], settings: Settings) -> list[str | tuple[str, dict]]:
+    return [
+        (name, {"device_id": settings.cuda_device_id}) if name == CUDA else name
+        for name in providers
+    ]
+
+
 def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) -> LoadedModel:
-    """Read, check, create the session and warm it up; ``RepositoryError`` on any failure."""
+    """Read, check, create the session, warm it up and replay its golden probe.
+
+    ``RepositoryError`` on any failure: such a version is never served.
+    """
     config = read_entry(entry)
     where = str(entry.path)
     try:
         session = ort.InferenceSession(
-            str(entry.onnx_path), _session_options(settings), providers=providers
+            str(entry.onnx_path),
+            _session_options(settings),
+            providers=_provider_list(providers, settings),
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         raise RepositoryError(f"{where}: ONNX Runtime cannot load model.onnx: {exc}") from exc
@@ -108,5 +164,12 @@ def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) ->
         model.warm_up()
     except Exception as exc:
         raise RepositoryError(f"{where}: warm-up inference failed: {exc}") from exc
-    log.info("loaded %s version %d on %s", config.name, config.version, ", ".join(model.providers))
+    check_golden_probe(model, where)
+    log.info(
+        "loaded %s version %d on %s (%s)",
+        config.name,
+        config.version,
+        ", ".join(model.providers),
+        "golden probe matched" if config.golden_probe else "no golden probe: warm-up only",
+    )
     return model

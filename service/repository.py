@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from normserve.errors import UserError
 from service.datatypes import NUMPY_BY_V2
 
 __all__ = [
     "MODEL_FORMAT",
+    "BatchingOverrides",
+    "GoldenProbe",
     "ModelConfig",
     "RepositoryError",
     "TensorSpec",
     "VersionEntry",
     "read_entry",
+    "scan_model",
     "scan_repository",
 ]
 
@@ -48,6 +54,25 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class BatchingOverrides:
+    """``model.json``'s optional ``dynamic_batching`` object; None keeps the server setting."""
+
+    max_queue_delay_ms: float | None = None
+    max_queue_size: int | None = None
+    queue_timeout_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class GoldenProbe:
+    """Inputs recorded at export and the outputs ONNX Runtime gave for them then."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    rtol: float
+    atol: float
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     version: int
@@ -59,6 +84,8 @@ class ModelConfig:
     preprocess: dict[str, Any] | None = None
     onnx_sha256: str = ""
     export: dict[str, Any] = field(default_factory=dict)
+    golden_probe: GoldenProbe | None = None
+    batching: BatchingOverrides = field(default_factory=BatchingOverrides)
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,18 @@ class VersionEntry:
     @property
     def json_path(self) -> Path:
         return self.path / "model.json"
+
+    def fingerprint(self) -> tuple[int, ...]:
+        """Changes when either file or the directory itself is replaced (cheap: stat only)."""
+        parts: list[int] = []
+        for path in (self.path, self.json_path, self.onnx_path):
+            try:
+                st = path.stat()
+            except OSError:
+                parts += [-1, -1, -1]
+                continue
+            parts += [st.st_ino, st.st_mtime_ns, st.st_size]
+        return tuple(parts)
 
 
 def _tensor_specs(raw: object, where: str) -> tuple[TensorSpec, ...]:
@@ -102,6 +141,74 @@ def _tensor_specs(raw: object, where: str) -> tuple[TensorSpec, ...]:
             )
         specs.append(TensorSpec(name=name, datatype=datatype, shape=tuple(shape)))
     return tuple(specs)
+
+
+def _probe_tensors(raw: object, where: str) -> dict[str, np.ndarray]:
+    if not isinstance(raw, list) or not raw:
+        raise RepositoryError(f"{where} must be a non-empty list of V2 tensors")
+    tensors: dict[str, np.ndarray] = {}
+    for item in raw:
+        if not isinstance(item, dict):
+            raise RepositoryError(f"{where} entries must be objects")
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if not isinstance(name, str) or datatype not in NUMPY_BY_V2:
+            raise RepositoryError(f"{where}: each tensor needs a name and a V2 datatype")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise RepositoryError(f"{where} {name!r}: shape must be non-negative integers")
+        try:
+            array = np.asarray(item.get("data"), dtype=NUMPY_BY_V2[datatype])
+        except (TypeError, ValueError) as exc:
+            raise RepositoryError(f"{where} {name!r}: data is not {datatype}: {exc}") from None
+        if array.size != math.prod(shape):
+            raise RepositoryError(f"{where} {name!r}: {array.size} values for shape {shape}")
+        tensors[name] = array.reshape(shape)
+    return tensors
+
+
+def _golden_probe(raw: object, where: str) -> GoldenProbe | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{where} must be an object")
+    rtol, atol = raw.get("rtol"), raw.get("atol")
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (rtol, atol)):
+        raise RepositoryError(f"{where}: rtol and atol must be numbers")
+    return GoldenProbe(
+        inputs=_probe_tensors(raw.get("inputs"), f"{where}.inputs"),
+        outputs=_probe_tensors(raw.get("outputs"), f"{where}.outputs"),
+        rtol=float(rtol),  # type: ignore[arg-type]
+        atol=float(atol),  # type: ignore[arg-type]
+    )
+
+
+def _batching(raw: object, where: str) -> BatchingOverrides:
+    if raw is None:
+        return BatchingOverrides()
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{where} must be an object")
+    unknown = set(raw) - {"max_queue_delay_ms", "max_queue_size", "queue_timeout_ms"}
+    if unknown:
+        raise RepositoryError(
+            f"{where}: unknown key(s) {sorted(unknown)}; expected max_queue_delay_ms, "
+            "max_queue_size, queue_timeout_ms"
+        )
+
+    def number(key: str, *, integer: bool, low: float, high: float) -> Any:
+        value = raw.get(key)
+        if value is None:
+            return None
+        kinds = int if integer else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+            raise RepositoryError(f"{where}.{key} must be a number in [{low:g}, {high:g}]")
+        return value
+
+    return BatchingOverrides(
+        max_queue_delay_ms=number("max_queue_delay_ms", integer=False, low=0, high=10_000),
+        max_queue_size=number("max_queue_size", integer=True, low=1, high=1_000_000),
+        queue_timeout_ms=number("queue_timeout_ms", integer=False, low=0.001, high=3_600_000),
+    )
 
 
 def read_entry(entry: VersionEntry) -> ModelConfig:
@@ -142,7 +249,23 @@ def read_entry(entry: VersionEntry) -> ModelConfig:
         preprocess=raw.get("preprocess") if isinstance(raw.get("preprocess"), dict) else None,
         onnx_sha256=actual_sha,
         export=raw.get("export") if isinstance(raw.get("export"), dict) else {},
+        golden_probe=_golden_probe(raw.get("golden_probe"), f"{entry.json_path}: golden_probe"),
+        batching=_batching(raw.get("dynamic_batching"), f"{entry.json_path}: dynamic_batching"),
     )
+
+
+def scan_model(model_dir: Path) -> list[VersionEntry]:
+    """The numeric version directories of one model, oldest first."""
+    if not _NAME.fullmatch(model_dir.name):
+        raise RepositoryError(f"{model_dir}: not a valid model name")
+    entries = []
+    for version_dir in sorted(model_dir.iterdir()):
+        if version_dir.name.startswith(".") or not version_dir.is_dir():
+            continue
+        if not version_dir.name.isdigit() or int(version_dir.name) < 1:
+            raise RepositoryError(f"{version_dir}: versions must be positive integers")
+        entries.append(VersionEntry(model_dir.name, int(version_dir.name), version_dir))
+    return sorted(entries, key=lambda e: e.version)
 
 
 def scan_repository(root: Path) -> list[VersionEntry]:
@@ -153,12 +276,5 @@ def scan_repository(root: Path) -> list[VersionEntry]:
     for model_dir in sorted(root.iterdir()):
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
-        if not _NAME.fullmatch(model_dir.name):
-            raise RepositoryError(f"{model_dir}: not a valid model name")
-        for version_dir in sorted(model_dir.iterdir()):
-            if version_dir.name.startswith(".") or not version_dir.is_dir():
-                continue
-            if not version_dir.name.isdigit() or int(version_dir.name) < 1:
-                raise RepositoryError(f"{version_dir}: versions must be positive integers")
-            entries.append(VersionEntry(model_dir.name, int(version_dir.name), version_dir))
+        entries += scan_model(model_dir)
     return sorted(entries, key=lambda e: (e.name, e.version))

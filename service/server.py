@@ -1,33 +1,79 @@
-"""Running the app under uvicorn."""
+"""Running the app under uvicorn, with a drain on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import logging
+import signal
+import time
+from types import FrameType
 
 import uvicorn
 
 from service.app import create_app
+from service.logs import configure_logging
 from service.runtime import Runtime
 from service.settings import Settings
 
-__all__ = ["serve"]
+__all__ = ["DrainingServer", "serve"]
+
+log = logging.getLogger("normserve.service")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first signal drains before stopping.
+
+    Draining: readiness answers 503 and new inference is refused (503, ``Retry-After``) while the
+    socket stays open, so load balancers see the change; in-flight requests finish; then the
+    server stops, all within ``drain_timeout_s``. A second signal stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self._drain_requested = False
+        self._deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_requested:
+            self.should_exit = self.force_exit = True
+            return
+        self._drain_requested = True
+        log.info("%s received: draining", signal.Signals(sig).name)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_requested and not self.should_exit:
+            now = time.monotonic()
+            if self._deadline is None:
+                total = self.runtime.settings.drain_timeout_s
+                # Keep a little of the budget for closing connections after the drain.
+                self._deadline = now + total - min(1.0, total / 4)
+                self.runtime.begin_drain()
+            in_flight = self.runtime.in_flight
+            if in_flight == 0 or now >= self._deadline:
+                if in_flight:
+                    log.warning("drain timeout: %d request(s) still in flight", in_flight)
+                self.config.timeout_graceful_shutdown = max(
+                    0.1, min(1.0, self.runtime.settings.drain_timeout_s / 4)
+                )
+                self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def serve(settings: Settings) -> None:
-    """Load the repository, then serve until SIGINT/SIGTERM.
+    """Load the repository, then serve until a signal, draining first.
 
-    Loading first means a broken repository fails with one clear line before a port is bound;
-    on a signal uvicorn stops accepting, finishes in-flight requests and exits.
+    Loading first means a broken repository fails with one clear line before a port is bound.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     runtime = Runtime(settings=settings)
     runtime.load_repository()
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings, runtime),
         host=settings.host,
         port=settings.port,
+        log_config=None,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
+    DrainingServer(config, runtime).run()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Provider", "Settings"]
+__all__ = ["LogFormat", "Provider", "Settings"]
 
 Provider = Literal["auto", "cpu", "cuda"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -33,14 +34,59 @@ class Settings(BaseSettings):
     """ONNX Runtime provider: ``auto`` (CUDA when onnxruntime-gpu offers it, else CPU), ``cpu``,
     or ``cuda`` (start-up fails when CUDA is unavailable)."""
 
+    cuda_device_id: int = Field(default=0, ge=0)
+    """GPU the CUDA provider runs on (ignored on CPU)."""
+
     intra_op_threads: int = Field(default=0, ge=0)
     """Threads ONNX Runtime uses inside one operator; 0 lets it choose (one per physical core)."""
 
     inter_op_threads: int = Field(default=1, ge=1)
     """Threads ONNX Runtime uses across independent operators (sequential execution when 1)."""
 
+    max_queue_delay_ms: float = Field(default=0.0, ge=0.0, le=10_000.0)
+    """Dynamic batching: longest a request waits for others to join its batch. 0 batches only
+    what is already queued (no added latency when idle); a model's ``model.json`` may override
+    it under ``dynamic_batching``."""
+
+    max_queue_size: int = Field(default=1024, ge=1)
+    """Dynamic batching: requests a model version may hold queued; one more is refused with 503
+    and ``Retry-After`` (overridable per model)."""
+
+    queue_timeout_ms: float = Field(default=30_000.0, gt=0.0)
+    """Dynamic batching: a request still queued after this long is answered 504 (overridable per
+    model; a request's own ``timeout`` parameter, in microseconds, may shorten it)."""
+
+    retry_after_s: int = Field(default=1, ge=1)
+    """Seconds sent in ``Retry-After`` with a 503 (queue full, not ready, draining)."""
+
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    """Largest request body accepted; larger bodies get 413 before they are read."""
+    """Largest request body accepted, before and after decompression; larger bodies get 413 (from
+    ``Content-Length`` before reading, when the client sends it)."""
+
+    api_key: SecretStr | None = None
+    """When set, model routes (``/v2/models/...``, ``/v1/models/...``) need
+    ``Authorization: Bearer <key>``; health, server metadata and ``/metrics`` stay open."""
+
+    admin_key: SecretStr | None = None
+    """When set, enables the repository API (``/v2/repository/...``), which then needs
+    ``Authorization: Bearer <key>``; when unset that API answers 403."""
+
+    poll_interval_s: float = Field(default=0.0, ge=0.0)
+    """Hot reload: seconds between repository scans; 0 turns polling off (the load API still
+    reloads on demand)."""
+
+    drain_timeout_s: float = Field(default=30.0, gt=0.0)
+    """On SIGTERM/SIGINT: readiness turns 503, in-flight requests may finish for this long, then
+    the process exits."""
+
+    top_k: int = Field(default=5, ge=1)
+    """Labels returned per instance by ``/v1/models/{m}:predict`` for models with labels."""
+
+    log_format: LogFormat = "text"
+    """Log lines as ``text`` or ``json`` (one object a line), access log included."""
+
+    access_log: bool = True
+    """Write one log line per HTTP request (request id, route, status, duration, timings)."""
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the server and its access log."""

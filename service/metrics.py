@@ -1,0 +1,173 @@
+"""Prometheus metrics: one registry per app (never the global one), plus Triton's names.
+
+Native families are ``normserve_*``. The ``nv_inference_*`` block repeats the per-model counters
+under the names Triton exposes, so dashboards built for Triton read normserve unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from service.servable import Servable
+
+__all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_SECONDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The label-bound children of one model version (bound once: no lookups per request)."""
+
+    latency: Histogram
+    queue: Histogram
+    compute: Histogram
+    batch_size: Histogram
+    requests: Callable[[int], Counter]
+    failures: Callable[[int], Counter]
+
+
+class _LiveCollector(Collector):
+    """Values read from the live store at scrape time: queue depths."""
+
+    def __init__(self, servables: Callable[[], Iterable[Servable]]) -> None:
+        self._servables = servables
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "normserve_queue_depth",
+            "Requests waiting in a model version's batch queue",
+            labels=["model", "version"],
+        )
+        for servable in self._servables():
+            depth.add_metric([servable.name, str(servable.version)], servable.batcher.queued)
+        yield depth
+
+
+class Metrics:
+    """Every metric family of one app."""
+
+    def __init__(self, servables: Callable[[], Iterable[Servable]]) -> None:
+        self._servables = servables
+        self.registry = CollectorRegistry()
+        r = self.registry
+        per_model = ["model", "version"]
+        self.requests = Counter(
+            "normserve_inference_requests",
+            "Inference requests by model, version and HTTP status",
+            [*per_model, "status"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "normserve_inference_failures",
+            "Failed inference requests (status >= 400) by model, version and HTTP status",
+            [*per_model, "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "normserve_request_duration_seconds",
+            "Inference request latency inside the server",
+            per_model,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "normserve_queue_duration_seconds",
+            "Time a request waited in the batch queue",
+            per_model,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "normserve_compute_duration_seconds",
+            "ONNX Runtime time of the batch a request ran in",
+            per_model,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "normserve_batch_size",
+            "Samples per executed batch",
+            per_model,
+            buckets=_BATCH,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "normserve_inflight_requests", "HTTP requests being served now", registry=r
+        )
+        self.model_events = Counter(
+            "normserve_model_events",
+            "Model version load and unload events by outcome",
+            [*per_model, "event", "outcome"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "normserve_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        r.register(_LiveCollector(servables))
+
+    def for_model(self, name: str, version: int) -> ModelMetrics:
+        labels = (name, str(version))
+        return ModelMetrics(
+            latency=self.latency.labels(*labels),
+            queue=self.queue.labels(*labels),
+            compute=self.compute.labels(*labels),
+            batch_size=self.batch_size.labels(*labels),
+            requests=lambda status: self.requests.labels(*labels, str(status)),
+            failures=lambda status: self.failures.labels(*labels, str(status)),
+        )
+
+    def model_event(self, name: str, version: int, event: str, ok: bool) -> None:
+        self.model_events.labels(name, str(version), event, "success" if ok else "failure").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry) + _triton_block(self._servables())
+
+
+_TRITON = (
+    ("nv_inference_request_success", "counter", "Number of successful inference requests"),
+    ("nv_inference_request_failure", "counter", "Number of failed inference requests"),
+    ("nv_inference_count", "counter", "Number of inferences performed (samples)"),
+    ("nv_inference_exec_count", "counter", "Number of model executions (batches)"),
+    ("nv_inference_request_duration_us", "counter", "Cumulative request duration in us"),
+    ("nv_inference_queue_duration_us", "counter", "Cumulative time requests spend queued in us"),
+    (
+        "nv_inference_compute_input_duration_us",
+        "counter",
+        "Cumulative input decode time in us",
+    ),
+    ("nv_inference_compute_infer_duration_us", "counter", "Cumulative inference time in us"),
+    (
+        "nv_inference_compute_output_duration_us",
+        "counter",
+        "Cumulative output encode time in us",
+    ),
+    ("nv_inference_pending_request_count", "gauge", "Requests waiting in the queue"),
+)
+
+
+def _triton_block(servables: Iterable[Servable]) -> bytes:
+    rows = [(s, s.stats.triton_values(s.batcher.queued)) for s in servables]
+    lines: list[str] = []
+    for index, (name, kind, help_text) in enumerate(_TRITON):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for servable, values in rows:
+            model = servable.name.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{name}{{model="{model}",version="{servable.version}"}} {values[index]}')
+    return ("\n".join(lines) + "\n").encode() if lines else b""
