@@ -121,7 +121,8 @@ def _read(path: Path) -> object:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"checkpoint {path} is refused: loading it needs code to be unpickled "
-            f"(normserve loads with weights_only=True): {_unsafe_reason(exc)}"
+            f"(normserve loads with weights_only=True): {_unsafe_reason(exc)}; save "
+            "model.state_dict() or a normserve checkpoint instead of a pickled object"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -137,12 +138,19 @@ def _is_state_dict(obj: object) -> bool:
 
 
 def load_checkpoint(
-    path: Path, *, arch: str | None = None, input_shape: list[int] | None = None
+    path: Path,
+    *,
+    arch: str | None = None,
+    input_shape: list[int] | None = None,
+    arch_config: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """Read a normserve checkpoint, or a bare state dict given ``arch`` and ``input_shape``.
 
-    ``arch`` given with a full checkpoint overrides the recorded one.
+    ``arch``, ``input_shape`` and ``arch_config`` given with a full checkpoint override the
+    recorded ones.
     """
+    if arch_config is not None and not isinstance(arch_config, dict):
+        raise CheckpointError("arch_config must be a dict of keyword arguments")
     raw = _read(path)
     if _is_state_dict(raw):
         if arch is None or input_shape is None:
@@ -151,6 +159,7 @@ def load_checkpoint(
             )
         return Checkpoint(
             arch=arch,
+            arch_config=dict(arch_config or {}),
             state_dict=raw,  # type: ignore[arg-type]
             input=InputSpec(name="input", shape=list(input_shape)),
         )
@@ -180,7 +189,7 @@ def load_checkpoint(
     output = raw.get("output") or {}
     return Checkpoint(
         arch=arch or recorded_arch,
-        arch_config=config,
+        arch_config=dict(arch_config) if arch_config is not None else config,
         state_dict=state,  # type: ignore[arg-type]
         input=spec,
         labels=labels,

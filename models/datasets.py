@@ -1,7 +1,14 @@
-"""Datasets that need no download: a name → train/validation tensors with a seeded split."""
+"""Datasets that need no download: a name → train/validation tensors with a seeded split.
+
+``digits`` is scikit-learn's bundled 8x8 digits. ``shapes32`` (3x32x32 images) and ``waves``
+(sequences of shape (T, F)) are generated here from a fixed seed: the machine has no network, so
+no CIFAR-style download exists. The generation seed is fixed, so every run sees the same data;
+the ``seed`` argument only chooses the train/validation split.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,24 +55,128 @@ def _split(
     return as_x(train), as_y(train), as_x(val), as_y(val)
 
 
-def _digits(seed: int, val_fraction: float) -> Dataset:
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     bunch = load_digits()
     x = bunch.data.reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8), raw intensities 0..16
-    x_train, y_train, x_val, y_val = _split(x, bunch.target, seed, val_fraction)
+    return x, bunch.target, tuple(str(int(t)) for t in bunch.target_names)
+
+
+def _digits(seed: int, val_fraction: float) -> Dataset:
+    x, target, labels = _digits_arrays()
+    x_train, y_train, x_val, y_val = _split(x, target, seed, val_fraction)
     return Dataset(
         name="digits",
         x_train=x_train,
         y_train=y_train,
         x_val=x_val,
         y_val=y_val,
-        labels=[str(int(t)) for t in bunch.target_names],
+        labels=list(labels),
         description="scikit-learn load_digits: 8x8 grey digits, pixel intensities 0..16",
     )
 
 
-_DATASETS: dict[str, Callable[[int, float], Dataset]] = {"digits": _digits}
+SHAPES = ("disk", "square", "triangle", "ring", "cross", "diamond")
+SHAPES32_SIZE = 32
+_SHAPES32_COUNT = 3000
+_GENERATION_SEED = 20_240_611
+
+
+@functools.lru_cache(maxsize=1)
+def _shapes32_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(3000, 3, 32, 32) float32 pixels in [0, 1] and (3000,) shape classes, always the same."""
+    rng = np.random.default_rng(_GENERATION_SEED)
+    n, size = _SHAPES32_COUNT, SHAPES32_SIZE
+    y = rng.permutation(np.arange(n) % len(SHAPES))
+    cy, cx = rng.uniform(11, 21, (2, n)).astype(np.float32)
+    r = rng.uniform(6, 10, n).astype(np.float32)[:, None, None]  # (n, 1, 1)
+    grid = np.arange(size, dtype=np.float32) + 0.5
+    dy = grid[None, :, None] - cy[:, None, None]  # (n, size, 1)
+    dx = grid[None, None, :] - cx[:, None, None]  # (n, 1, size)
+    ady, adx = np.abs(dy), np.abs(dx)
+    dist = np.hypot(dx, dy)  # (n, size, size)
+    masks = np.stack(
+        [
+            dist <= r,  # disk
+            np.maximum(ady, adx) <= r * 0.75,  # square
+            (dy <= r * 0.6) & (dy >= -r) & (adx <= (dy + r) * 0.55),  # triangle
+            (dist <= r) & (dist >= r * 0.55),  # ring
+            ((ady <= r * 0.28) & (adx <= r)) | ((adx <= r * 0.28) & (ady <= r)),  # cross
+            ady + adx <= r,  # diamond
+        ]
+    )  # (classes, n, size, size)
+    mask = masks[y, np.arange(n)]  # (n, size, size)
+    dark = rng.uniform(0.0, 0.35, (n, 3)).astype(np.float32)
+    light = rng.uniform(0.65, 1.0, (n, 3)).astype(np.float32)
+    swap = (rng.random(n) < 0.5)[:, None]  # half dark shapes on light ground, half the reverse
+    fg, bg = np.where(swap, dark, light), np.where(swap, light, dark)
+    image = np.where(mask[:, None], fg[:, :, None, None], bg[:, :, None, None])
+    image = image + rng.normal(0.0, 0.06, image.shape).astype(np.float32)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), y.astype(np.int64)
+
+
+def _shapes32(seed: int, val_fraction: float) -> Dataset:
+    x, y = _shapes32_arrays()
+    x_train, y_train, x_val, y_val = _split(x, y, seed, val_fraction)
+    return Dataset(
+        name="shapes32",
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        labels=list(SHAPES),
+        description=(
+            "generated 3x32x32 RGB images of one shape each (disk, square, triangle, ring, "
+            "cross, diamond) on a contrasting ground with noise; pixel values 0..1"
+        ),
+    )
+
+
+WAVE_FREQUENCIES = (1, 2, 3, 5)
+WAVES_STEPS, WAVES_FEATURES = 32, 4
+_WAVES_COUNT = 2000
+
+
+@functools.lru_cache(maxsize=1)
+def _waves_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(2000, 32, 4) float32 sequences (N, T, F) and (2000,) frequency classes."""
+    rng = np.random.default_rng(_GENERATION_SEED + 1)
+    n, steps, features = _WAVES_COUNT, WAVES_STEPS, WAVES_FEATURES
+    y = rng.permutation(np.arange(n) % len(WAVE_FREQUENCIES))
+    cycles = np.asarray(WAVE_FREQUENCIES, dtype=np.float32)[y][:, None, None]  # (n, 1, 1)
+    t = np.arange(steps, dtype=np.float32)[None, :, None] / steps  # (1, T, 1)
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, features)).astype(np.float32)
+    gain = rng.uniform(0.5, 3.0, (n, 1, features)).astype(np.float32)
+    offset = rng.uniform(-2.0, 2.0, (n, 1, features)).astype(np.float32)
+    signal = gain * np.sin(2 * np.pi * cycles * t + phase) + offset  # (n, T, F)
+    noise = rng.normal(0.0, 0.3, signal.shape).astype(np.float32)
+    return (signal + noise).astype(np.float32), y.astype(np.int64)
+
+
+def _waves(seed: int, val_fraction: float) -> Dataset:
+    x, y = _waves_arrays()
+    x_train, y_train, x_val, y_val = _split(x, y, seed, val_fraction)
+    return Dataset(
+        name="waves",
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        labels=[f"{c}_cycles" for c in WAVE_FREQUENCIES],
+        description=(
+            f"generated sequences (T={WAVES_STEPS}, F={WAVES_FEATURES}): noisy sine waves whose "
+            "number of cycles is the class, each feature with its own phase, gain and offset"
+        ),
+    )
+
+
+_DATASETS: dict[str, Callable[[int, float], Dataset]] = {
+    "digits": _digits,
+    "shapes32": _shapes32,
+    "waves": _waves,
+}
 
 
 def load_dataset(name: str, *, seed: int = 0, val_fraction: float = 0.2) -> Dataset:

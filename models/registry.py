@@ -12,6 +12,7 @@ from torch import nn
 from normserve.errors import UserError
 
 __all__ = [
+    "TASKS",
     "Architecture",
     "ArchitectureError",
     "build_model",
@@ -24,13 +25,22 @@ __all__ = [
 Factory = Callable[..., nn.Module]
 
 
+TASKS = ("classification", "reconstruction")
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """A registered architecture: its factory and the dataset ``normserve train`` uses."""
+    """A registered architecture: its factory, and what ``normserve train`` trains it on.
+
+    ``task`` is ``"classification"`` (cross-entropy on the dataset's labels) or
+    ``"reconstruction"`` (the model reproduces its input; mean squared error).
+    """
 
     name: str
     factory: Factory
     dataset: str
+    task: str = "classification"
+    epochs: int = 12
 
 
 _REGISTRY: dict[str, Architecture] = {}
@@ -40,21 +50,40 @@ class ArchitectureError(UserError):
     """The architecture name cannot be resolved or the factory rejected its config."""
 
 
-def register(name: str, *, dataset: str) -> Callable[[Factory], Factory]:
-    """Register ``factory`` under ``name``; it takes keyword arguments (the ``arch_config``)."""
+def register(
+    name: str, *, dataset: str, task: str = "classification", epochs: int = 12
+) -> Callable[[Factory], Factory]:
+    """Register ``factory`` under ``name``; it takes keyword arguments (the ``arch_config``).
+
+    ``epochs`` is the default ``normserve train`` uses for it.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def decorator(factory: Factory) -> Factory:
         if name in _REGISTRY:
             raise ValueError(f"architecture {name!r} is already registered")
-        _REGISTRY[name] = Architecture(name=name, factory=factory, dataset=dataset)
+        _REGISTRY[name] = Architecture(
+            name=name, factory=factory, dataset=dataset, task=task, epochs=epochs
+        )
         return factory
 
     return decorator
 
 
+_BUILTIN_MODULES = (
+    "models.digits_cnn",
+    "models.resnet_cifar",
+    "models.mixnorm",
+    "models.seq_tcn",
+    "models.conv_decoder",
+)
+
+
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    importlib.import_module("models.digits_cnn")
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def list_architectures() -> list[str]:
@@ -70,8 +99,11 @@ def resolve_factory(arch: str) -> Factory:
         module_name, _, attr = arch.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ArchitectureError(f"arch {arch!r}: cannot import {module_name!r}: {exc}") from exc
+        except Exception as exc:  # ImportError, or whatever the user's module raises on import
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArchitectureError(
+                f"arch {arch!r}: cannot import {module_name!r}: {first}"
+            ) from exc
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise ArchitectureError(f"arch {arch!r}: {module_name} has no callable {attr!r}")
@@ -96,7 +128,7 @@ def build_model(arch: str, config: dict[str, Any] | None = None) -> nn.Module:
     factory = resolve_factory(arch)
     try:
         model = factory(**(config or {}))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ArchitectureError(f"arch {arch!r} rejected arch_config {config!r}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ArchitectureError(f"arch {arch!r} returned {type(model).__name__}, not nn.Module")

@@ -11,17 +11,27 @@ from torch import nn
 
 from models.checkpoint import Checkpoint, InputSpec, save_checkpoint
 from models.datasets import Dataset, load_dataset
-from models.registry import build_model, get_architecture
+from models.registry import Architecture, build_model, get_architecture
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "train", "train_to_file"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "evaluate_reconstruction",
+    "train",
+    "train_to_file",
+]
 
 ProgressCallback = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """``epochs=None`` takes the architecture's default; ``max_steps`` cuts training short."""
+
     arch: str = "digits_cnn"
-    epochs: int = 12
+    epochs: int | None = None
+    max_steps: int | None = None
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -31,9 +41,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """``val_accuracy`` for classifiers; ``val_relative_mse`` (MSE / input variance) otherwise."""
+
     checkpoint: Checkpoint
-    val_accuracy: float
+    task: str
     train_loss: float
+    val_accuracy: float | None = None
+    val_relative_mse: float | None = None
+
+    def summary(self) -> str:
+        if self.val_accuracy is not None:
+            return f"validation accuracy {self.val_accuracy:.2%}"
+        return f"validation relative MSE {self.val_relative_mse:.4f} (MSE / input variance)"
 
 
 @torch.no_grad()
@@ -49,26 +68,54 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
+@torch.no_grad()
+def evaluate_reconstruction(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> float:
+    """Mean squared reconstruction error divided by the variance of ``x`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        total += float(((model(batch) - batch) ** 2).sum())
+    model.train(was_training)
+    return total / x.numel() / float(x.var())
+
+
+def _loss_fn(task: str, data: Dataset) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if task == "classification":
+        cross_entropy = nn.CrossEntropyLoss()
+        return lambda out, idx: cross_entropy(out, data.y_train[idx])
+    scale = 1.0 / float(data.x_train.var())  # relative MSE: 1.0 is "predict the mean"
+    return lambda out, idx: nn.functional.mse_loss(out, data.x_train[idx]) * scale
+
+
 def _fit(
-    model: nn.Module, data: Dataset, config: TrainConfig, progress: ProgressCallback | None
+    model: nn.Module,
+    data: Dataset,
+    architecture: Architecture,
+    config: TrainConfig,
+    progress: ProgressCallback | None,
 ) -> float:
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    epochs = config.epochs or architecture.epochs
     steps_per_epoch = -(-len(data.x_train) // config.batch_size)
-    total = steps_per_epoch * config.epochs
+    total = steps_per_epoch * epochs
+    if config.max_steps is not None:
+        total = max(1, min(total, config.max_steps))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = _loss_fn(architecture.task, data)
     model.train()
     step, loss_value = 0, float("nan")
-    for _ in range(config.epochs):
+    while step < total:
         order = torch.randperm(len(data.x_train), generator=generator)
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
             if len(idx) < 2:  # BatchNorm needs more than one sample per batch in train mode
                 continue
-            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+            loss = loss_fn(model(data.x_train[idx]), idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -77,35 +124,55 @@ def _fit(
             loss_value = loss.item()
             if progress is not None:
                 progress(step, total, loss_value)
+            if step >= total:
+                break
     model.eval()
     return loss_value
 
 
 def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
-    """Train ``config.arch`` on its dataset; return the checkpoint and validation accuracy."""
+    """Train ``config.arch`` on its dataset; return the checkpoint and its validation metric."""
     architecture = get_architecture(config.arch)
     torch.manual_seed(config.seed)
     data = load_dataset(architecture.dataset, seed=config.seed, val_fraction=config.val_fraction)
     model = build_model(config.arch)
-    train_loss = _fit(model, data, config, progress)
-    accuracy = evaluate(model, data.x_val, data.y_val)
+    train_loss = _fit(model, data, architecture, config, progress)
+    metrics: dict[str, object] = {
+        "task": architecture.task,
+        "train_loss": train_loss,
+        "dataset": data.name,
+        "seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "epochs": config.epochs or architecture.epochs,
+        "max_steps": config.max_steps,
+    }
+    if architecture.task == "classification":
+        accuracy: float | None = evaluate(model, data.x_val, data.y_val)
+        relative_mse = None
+        metrics["val_accuracy"] = accuracy
+        labels: list[str] | None = data.labels
+    else:
+        accuracy = None
+        relative_mse = evaluate_reconstruction(model, data.x_val)
+        metrics["val_relative_mse"] = relative_mse
+        labels = None
     checkpoint = Checkpoint(
         arch=config.arch,
         arch_config={},
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
         input=InputSpec(name="input", shape=data.input_shape, dtype="float32"),
-        labels=data.labels,
+        labels=labels,
         preprocess={"description": data.description, "applied_in_model": True},
-        metrics={
-            "val_accuracy": accuracy,
-            "train_loss": train_loss,
-            "dataset": data.name,
-            "seed": config.seed,
-            "val_fraction": config.val_fraction,
-            "epochs": config.epochs,
-        },
+        metrics=metrics,
+        output_name="logits" if architecture.task == "classification" else "reconstruction",
     )
-    return TrainResult(checkpoint=checkpoint, val_accuracy=accuracy, train_loss=train_loss)
+    return TrainResult(
+        checkpoint=checkpoint,
+        task=architecture.task,
+        train_loss=train_loss,
+        val_accuracy=accuracy,
+        val_relative_mse=relative_mse,
+    )
 
 
 def train_to_file(

@@ -21,7 +21,7 @@ def test_import_path_architecture():
 @pytest.mark.parametrize(
     ("arch", "config", "needle"),
     [
-        ("resnet9000", None, "is not registered; expected one of: digits_cnn"),
+        ("resnet9000", None, "is not registered; expected one of: conv_decoder, digits_cnn"),
         ("no_such_module_xyz:make", None, "cannot import 'no_such_module_xyz'"),
         ("torch.nn:NoSuchThing", None, "has no callable 'NoSuchThing'"),
         ("digits_cnn", {"depth": 3}, "rejected arch_config"),
