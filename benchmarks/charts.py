@@ -18,6 +18,7 @@ COLORS = {
     "binary": "#1f77b4",
     "on": "#1f77b4",
     "off": "#ff7f0e",
+    "on, intra_op_threads=1": "#9467bd",
 }
 
 

@@ -2,15 +2,20 @@
 the bare ``session.run`` of the same input, for JSON and binary bodies, on the digits model and
 the CIFAR ResNet.
 
-Interleaved per round: the bare session (in this process), each body kind against a server with
-quiet logs, JSON against a server with the shipped default logging (access log on), and the
-same request bytes against a trivial echo server (the floor of this client plus loopback TCP,
-which is in every end-to-end figure but is not the server's).
+Interleaved per round: the bare session (in this process), the same call hopped to a worker
+thread and awaited from an event loop (what the batcher does), each body kind against a server
+with quiet logs, the primary body against a server with the shipped default logging (access log
+on), ``GET /v2/health/live`` (the HTTP stack with no inference), and the same request bytes
+against a trivial echo server (the floor of this client plus loopback TCP, which is in every
+end-to-end figure but is not the server's). Then the server's own statistics split a request
+into decode, queue, compute and encode.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +26,14 @@ from benchmarks.bench_models import find_cifar_resnet
 from benchmarks.charts import COLORS, figure, save
 from benchmarks.context import Context, Target
 from benchmarks.echo_server import echo_process
-from benchmarks.features import env_for, server_metadata, supports_binary
-from benchmarks.http_client import HttpConnection
+from benchmarks.features import (
+    env_for,
+    server_metadata,
+    server_stats,
+    stats_delta,
+    supports_binary,
+)
+from benchmarks.http_client import HttpConnection, encode_request
 from benchmarks.probes import CallProbe, HttpProbe
 from benchmarks.server_process import HOST, running_server
 from benchmarks.stats import interleave, spread, summarize_latencies
@@ -41,6 +52,12 @@ def _check_same(served: dict[str, np.ndarray], bare: list[np.ndarray], names: li
         got = served[name]
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
             raise RuntimeError(f"served output {name!r} differs from the bare session's")
+
+
+def _diff(a: list[float], b: list[float] | None) -> dict[str, Any]:
+    """Per-round ``a - b`` (or ``a``) in milliseconds."""
+    values = a if b is None else [x - y for x, y in zip(a, b, strict=True)]
+    return spread(values).scaled(1e3).to_dict()
 
 
 def _measure_model(
@@ -64,19 +81,36 @@ def _measure_model(
         _check_same(decode_response(conns["lean"].request(body)), expected, outputs)
         _check_same(decode_response(conns["default"].request(body)), expected, outputs)
     primary = "binary" if binary else "json"
+    live = encode_request("GET", "/v2/health/live", host=host)
+    loop = asyncio.new_event_loop()
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    def hop() -> object:
+        """session.run on a worker thread, awaited from an event loop: the batcher's hop."""
+        return loop.run_until_complete(loop.run_in_executor(pool, session.run, outputs, feed))
+
     probes = {
         "bare": CallProbe(lambda: session.run(outputs, feed)),
+        "bare + executor hop": CallProbe(hop),
         **{kind: HttpProbe(conns["lean"], body) for kind, body in bodies.items()},
         f"{primary}, default logging": HttpProbe(conns["default"], bodies[primary]),
+        "GET /v2/health/live": HttpProbe(conns["lean"], live),
         "loopback floor": HttpProbe(conns["echo"], bodies[primary]),
     }
     for probe in probes.values():
         probe.block(ctx.pick(50, 10))  # warm every path before anything is recorded
         probe.times.clear()
     calls, rounds = ctx.pick(200, 40), ctx.pick(12, 3)
-    samples = interleave({k: (lambda p=p: p.block(calls)) for k, p in probes.items()}, rounds)
+    try:
+        samples = interleave({k: (lambda p=p: p.block(calls)) for k, p in probes.items()}, rounds)
+    finally:
+        pool.shutdown()
+        loop.close()
+    before = server_stats(HOST, conns["lean"].port, bench.name)
+    HttpProbe(conns["lean"], bodies[primary]).block(calls * 2)
+    server_side = stats_delta(before, server_stats(HOST, conns["lean"].port, bench.name))
     bare = samples["bare"]
-    e2e_kinds = [k for k in probes if k not in {"bare", "loopback floor"}]
+    e2e_kinds = [k for k in bodies] + [f"{primary}, default logging"]
     result = {
         "arch": arch,
         "model": bench.name,
@@ -89,6 +123,14 @@ def _measure_model(
         "latency_ms": {
             k: summarize_latencies(p.times).to_dict() for k, p in probes.items() if p.times
         },
+        "breakdown_ms": {
+            "client + loopback TCP (echo server)": _diff(samples["loopback floor"], None),
+            "HTTP stack, no inference (live - echo)": _diff(
+                samples["GET /v2/health/live"], samples["loopback floor"]
+            ),
+            "worker-thread hop (hop - bare)": _diff(samples["bare + executor hop"], bare),
+        },
+        "server_side": {"kind": primary, **server_side},
         "calls_per_block": calls,
         "rounds": rounds,
     }
@@ -153,23 +195,23 @@ def measure(ctx: Context) -> dict[str, Any]:
 
 def chart(result: dict[str, Any], path: Path) -> bool:
     models = result["models"]
-    fig, axes = figure(1, len(models), width=6.0)
-    for ax, model in zip(axes[0], models, strict=True):
-        keys = list(model["ms"])
+    fig, axes = figure(len(models), 1, width=9.0, height=3.6)
+    for ax, model in zip((row[0] for row in axes), models, strict=True):
+        keys = list(model["ms"])[::-1]
         medians = [model["ms"][k]["median"] for k in keys]
         lo = [model["ms"][k]["median"] - model["ms"][k]["min"] for k in keys]
         hi = [model["ms"][k]["max"] - model["ms"][k]["median"] for k in keys]
         colors = [COLORS.get(k.split(",")[0], "#9467bd") for k in keys]
-        ax.bar(range(len(keys)), medians, yerr=[lo, hi], color=colors, capsize=3)
+        ax.barh(range(len(keys)), medians, xerr=[lo, hi], color=colors, capsize=3)
         for i, k in enumerate(keys):
             over = model["overhead_ms"].get(k)
-            label = f"{medians[i]:.3f}" + (f"\n(+{over['median']:.3f})" if over else "")
-            ax.annotate(label, (i, medians[i]), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels([k.replace(", ", "\n") for k in keys], fontsize=8)
-        ax.set_ylabel("ms per request, batch 1 (median of block medians, min-max)")
-        ax.set_title(f"{model['arch']}: served vs bare session.run")
-        ax.axhline(model["ms"]["bare"]["median"] + TARGET_MS, ls="--", color="k", lw=0.8)
-        ax.margins(y=0.25)
-    save(fig, path, "Serving overhead at batch 1 (dashed: bare + 0.25 ms target)", result)
+            label = f" {medians[i]:.3f}" + (f"  (bare +{over['median']:.3f})" if over else "")
+            ax.annotate(label, (medians[i] + hi[i], i), va="center", fontsize=8)
+        ax.set_yticks(range(len(keys)))
+        ax.set_yticklabels(keys, fontsize=8)
+        ax.set_xlabel("ms per request at batch 1 (median of block medians, min-max)")
+        ax.set_title(f"{model['arch']}: served vs bare session.run", fontsize=10)
+        ax.axvline(model["ms"]["bare"]["median"] + TARGET_MS, ls="--", color="k", lw=0.8)
+        ax.margins(x=0.3)
+    save(fig, path, "Serving overhead at batch 1 (dashed line: bare + 0.25 ms target)", result)
     return True

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from benchmarks.http_client import HttpError, get
 
-__all__ = ["ServerProcess", "free_port", "memory_kib", "normserve_command", "running_server"]
+__all__ = [
+    "ServerProcess",
+    "free_port",
+    "memory_kib",
+    "normserve_command",
+    "running_server",
+    "thread_cpu_seconds",
+]
 
 HOST = "127.0.0.1"
 
@@ -44,6 +51,22 @@ def memory_kib(pid: int) -> dict[str, int]:
     return fields
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process: its main thread (``main``: the event loop of a
+    uvicorn server) and all its other threads together (``other``: ONNX Runtime's pools, the
+    batcher's worker)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"main": 0.0, "other": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out["main" if task.name == str(pid) else "other"] += seconds
+    return out
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen[bytes]
@@ -56,6 +79,9 @@ class ServerProcess:
 
     def memory_kib(self) -> dict[str, int]:
         return memory_kib(self.process.pid)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return thread_cpu_seconds(self.process.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -19,10 +19,12 @@ from benchmarks.bench_models import find_cifar_resnet
 from benchmarks.charts import COLORS, figure, save
 from benchmarks.context import Context, Target
 from benchmarks.features import (
+    BatchingMode,
     batching_modes,
     env_for,
     server_metadata,
     server_stats,
+    settings_defaults,
     stats_delta,
     supports_binary,
 )
@@ -37,6 +39,9 @@ DIGITS = "digits_cnn"
 TARGET_RATIO = 0.8
 TARGET_CONCURRENCY = 32
 SERVER = {"provider": "cpu", "log_level": "warning"}
+# The default batcher with ONNX Runtime on one intra-op thread: on a 2-core machine the event
+# loop needs a core of its own (the default pool spins on both).
+ONE_THREAD = "on, intra_op_threads=1"
 
 
 def _measure_arch(
@@ -72,6 +77,7 @@ def _measure_arch(
             server = servers[mode]
             request = infer_request(f"{HOST}:{server.port}", bench.name, one, binary=binary)
             before = server_stats(HOST, server.port, bench.name)
+            cpu_before = server.cpu_seconds()
             result = run_load(
                 HOST,
                 server.port,
@@ -80,9 +86,15 @@ def _measure_arch(
                 duration_s=duration_s,
                 warmup_s=warmup_s,
             )
+            cpu_after = server.cpu_seconds()
             after = server_stats(HOST, server.port, bench.name)
             runs[mode].append(result)
-            stats[mode].append(stats_delta(before, after))
+            delta = stats_delta(before, after)
+            answered = max(1, delta.get("requests") or result.completed)
+            delta["server_cpu_ms_per_request"] = {
+                k: 1e3 * (cpu_after[k] - cpu_before[k]) / answered for k in cpu_after
+            }
+            stats[mode].append(delta)
             return result.throughput
 
         alternatives = {mode: (lambda m=mode: load(m)) for mode in servers}
@@ -111,7 +123,9 @@ def _measure_arch(
             + "; ".join(
                 f"{m} {v['requests_per_s']['median']:.0f}/s (x{v['vs_bare']:.2f} bare, "
                 f"p50 {v['latency_ms']['p50']:.2f} p99 {v['latency_ms']['p99']:.2f} ms, "
-                f"batch {v['server'].get('mean_batch') or 0:.1f})"
+                f"batch {v['server'].get('mean_batch') or 0:.1f}, server CPU/req "
+                f"loop {v['server']['server_cpu_ms_per_request']['main']:.2f} + "
+                f"other {v['server']['server_cpu_ms_per_request']['other']:.2f} ms)"
                 for m, v in row["modes"].items()
             )
         )
@@ -127,12 +141,16 @@ def measure(ctx: Context) -> dict[str, Any]:
     resnet = find_cifar_resnet()
     archs = ([resnet] if resnet else []) + ([DIGITS] if not ctx.quick or not resnet else [])
     modes = batching_modes()
+    variants = dict(modes.modes)
+    if "on" in variants and "intra_op_threads" in settings_defaults():
+        on = variants["on"]
+        variants[ONE_THREAD] = BatchingMode({**on.settings, "intra_op_threads": 1}, on.model_json)
     with contextlib.ExitStack() as stack:
         repos, servers = {}, {}
-        for mode, spec in modes.modes.items():
-            repos[mode] = ctx.workspace.repository_of(f"{NAME}-{mode}", archs, spec.model_json)
+        for index, (mode, spec) in enumerate(variants.items()):
+            repos[mode] = ctx.workspace.repository_of(f"{NAME}-{index}", archs, spec.model_json)
             env = env_for({**SERVER, **spec.settings})
-            log = ctx.work_dir / "logs" / f"{NAME}-{mode}.log"
+            log = ctx.work_dir / "logs" / f"{NAME}-{index}.log"
             servers[mode] = stack.enter_context(running_server(repos[mode], log, env=env))
         first = next(iter(servers.values()))
         binary = supports_binary(server_metadata(HOST, first.port))
@@ -156,7 +174,7 @@ def measure(ctx: Context) -> dict[str, Any]:
     return {
         "config": {
             "server": SERVER,
-            "batching": {k: v.to_dict() for k, v in modes.modes.items()},
+            "batching": {k: v.to_dict() for k, v in variants.items()},
             "batching_how": modes.how,
             "body": "binary" if binary else "json",
             "request_batch": 1,
