@@ -1,4 +1,10 @@
-"""Graph audit: the ONNX checker and a census of operators, before and after ORT optimization."""
+"""Graph audit: the ONNX checker and a census of operators, before and after ORT optimization.
+
+Refused: any BatchNormalization node, in the exported graph or in the graph ONNX Runtime runs
+after its own optimizations at ORT_ENABLE_ALL (saved through ``optimized_model_filepath``); and
+GroupNormalization below opset 21, whose opset-18 definition scales per *group* where torch's
+GroupNorm scales per channel (ONNX fixed the definition in opset 21).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,15 @@ import onnxruntime as ort
 
 from export.errors import ExportError
 
-__all__ = ["NORM_OPS", "audit_graph", "census", "ort_optimized_census"]
+__all__ = [
+    "GROUP_NORM_MIN_OPSET",
+    "NORM_OPS",
+    "audit_graph",
+    "census",
+    "norm_ops",
+    "opset_of",
+    "ort_optimized_census",
+]
 
 NORM_OPS = (
     "BatchNormalization",
@@ -19,12 +33,31 @@ NORM_OPS = (
     "GroupNormalization",
     "InstanceNormalization",
 )
+GROUP_NORM_MIN_OPSET = 21
+
+
+def _op_name(node: onnx.NodeProto) -> str:
+    """``Conv`` for the default domain, ``com.microsoft.FusedConv`` for others."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
 def census(model: onnx.ModelProto) -> dict[str, int]:
     """Operator counts of the main graph, sorted by name."""
-    counts = Counter(node.op_type for node in model.graph.node)
+    counts = Counter(_op_name(node) for node in model.graph.node)
     return dict(sorted(counts.items()))
+
+
+def norm_ops(counts: dict[str, int]) -> dict[str, int]:
+    """The normalization operators in a census (ONNX ops and ORT's fused contrib ops)."""
+    return {op: n for op, n in counts.items() if "Norm" in op.rsplit(".", 1)[-1]}
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default-domain opset the model declares."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ExportError("the exported graph declares no default-domain opset")
 
 
 def ort_optimized_census(model_bytes: bytes) -> dict[str, int]:
@@ -35,28 +68,41 @@ def ort_optimized_census(model_bytes: bytes) -> dict[str, int]:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(path)
         options.log_severity_level = 3
-        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception zoo
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"ONNX Runtime cannot load the exported graph: {first}") from exc
         return census(onnx.load(str(path)))
 
 
 def audit_graph(model: onnx.ModelProto) -> dict[str, object]:
-    """Check the model and count operators; refuse any BatchNormalization left in it."""
+    """Check the model and count operators; refuse what must not be served."""
+    opset = opset_of(model)
+    exported = census(model)
+    if exported.get("GroupNormalization", 0) and opset < GROUP_NORM_MIN_OPSET:
+        raise ExportError(
+            f"exported graph holds GroupNormalization at opset {opset}: before opset "
+            f"{GROUP_NORM_MIN_OPSET} its scale and bias are per group, not per channel as in "
+            "torch.nn.GroupNorm; normserve never emits it"
+        )
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ExportError(f"exported graph fails the ONNX checker: {first}") from exc
-    exported = census(model)
     optimized = ort_optimized_census(model.SerializeToString())
     for stage, counts in (("exported", exported), ("ORT-optimized", optimized)):
         if counts.get("BatchNormalization", 0):
             raise ExportError(
                 f"{stage} graph still holds {counts['BatchNormalization']} BatchNormalization "
-                "node(s): every batch norm must be folded or frozen"
+                "node(s): every batch norm must be folded or frozen (a batch_norm call normserve "
+                "could not see, such as one on computed statistics?)"
             )
-    remaining = {op: exported[op] for op in NORM_OPS if exported.get(op)}
     return {
+        "opset": opset,
         "onnx_nodes": exported,
         "ort_optimized_nodes": optimized,
-        "remaining_norm_ops": remaining,
+        "remaining_norm_ops": norm_ops(exported),
+        "ort_optimized_norm_ops": norm_ops(optimized),
     }

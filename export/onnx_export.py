@@ -13,12 +13,21 @@ from torch import nn
 
 from export.errors import ExportError
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "export_onnx"]
 
-# Opset 18: the torch.export-based exporter's native opset in torch 2.13, and ≥ 17 so
-# LayerNormalization is a single op.
+# Opset 18, on purpose:
+# - it is the torch.export-based exporter's native opset in torch 2.13 (its operator library is
+#   written against 18; other opsets go through the ONNX version converter);
+# - it is ≥ 17, so LayerNorm is one LayerNormalization op;
+# - below 21, the exporter writes GroupNorm as InstanceNormalization + a per-channel affine and
+#   never emits GroupNormalization-18, whose scale and bias are per group (not torch's
+#   semantics; ONNX fixed the definition in opset 21);
+# - ONNX Runtime has run opset 18 since 1.14, so the serving install (onnxruntime ≥ 1.18) and
+#   older deployed runtimes load it.
+# 17..23 are accepted (23 is the newest this exporter and ONNX Runtime were checked with).
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
+MAX_OPSET = 23
 
 
 @contextlib.contextmanager
@@ -51,8 +60,11 @@ def export_onnx(
 
     ``sample`` must have a batch of at least 2 so the exporter does not specialize on 1.
     """
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old: normserve needs ≥ {MIN_OPSET}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(
+            f"opset {opset} is not supported: expected {MIN_OPSET}..{MAX_OPSET} "
+            f"(default {DEFAULT_OPSET}); LayerNormalization needs ≥ 17"
+        )
     if sample.shape[0] < 2:
         raise ValueError("export sample needs a batch of at least 2")
     batch = torch.export.Dim("batch", min=1, max=1 << 20)

@@ -2,6 +2,12 @@
 
 Every comparison uses ``|onnx - ref| <= atol + rtol * |ref|`` elementwise (numpy's ``allclose``
 rule) and reports the largest absolute and relative errors seen, so the margin is visible too.
+
+The proof (DESIGN.md §3.7): ONNX Runtime on CPU at ``ORT_DISABLE_ALL`` and ``ORT_ENABLE_ALL``
+against the eager original in float32 and against a float64 copy of it, at batch sizes 1, 2, 7
+and 33; argmax agreement for classifiers; batch invariance; then two cross-checks that each
+either pass or say why they did not run: the ONNX reference evaluator (a second, independent
+implementation of the ONNX operators) and the CUDA execution provider with TF32 off.
 """
 
 from __future__ import annotations
@@ -14,11 +20,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.errors import ParityError
+from export.comparison import Comparison, CrossCheck, Tolerance, compare
+from export.cross_checks import cuda_check, reference_evaluator_check
+from export.errors import ExportError, ParityError
+from export.sessions import LEVELS, make_session
 
 __all__ = [
     "BATCH_SIZES",
+    "LEVELS",
     "Comparison",
+    "CrossCheck",
     "ParityReport",
     "Tolerance",
     "compare",
@@ -28,66 +39,6 @@ __all__ = [
 ]
 
 BATCH_SIZES = (1, 2, 7, 33)
-LEVELS = {
-    "ORT_DISABLE_ALL": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "ORT_ENABLE_ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    rtol: float = 1e-4
-    atol: float = 1e-5
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One ONNX output checked against one reference."""
-
-    max_abs: float
-    max_rel: float
-    ok: bool
-
-    @classmethod
-    def merge(cls, items: list[Comparison]) -> Comparison:
-        return cls(
-            max_abs=max(c.max_abs for c in items),
-            max_rel=max(c.max_rel for c in items),
-            ok=all(c.ok for c in items),
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "ok": self.ok}
-
-
-def compare(actual: np.ndarray, reference: np.ndarray, tol: Tolerance) -> Comparison:
-    """Elementwise ``allclose`` with the largest errors; shapes must match exactly."""
-    if actual.shape != reference.shape:
-        return Comparison(max_abs=float("inf"), max_rel=float("inf"), ok=False)
-    a = actual.astype(np.float64)
-    r = reference.astype(np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(r).all()):
-        same_nonfinite = np.array_equal(np.isfinite(a), np.isfinite(r))
-        finite = np.isfinite(a) & np.isfinite(r)
-        a, r = a[finite], r[finite]
-        if not same_nonfinite:
-            return Comparison(max_abs=float("inf"), max_rel=float("inf"), ok=False)
-    diff = np.abs(a - r)
-    max_abs = float(diff.max(initial=0.0))
-    max_rel = float((diff / np.maximum(np.abs(r), np.finfo(np.float64).tiny)).max(initial=0.0))
-    ok = bool((diff <= tol.atol + tol.rtol * np.abs(r)).all())
-    return Comparison(max_abs=max_abs, max_rel=max_rel, ok=ok)
-
-
-def make_session(
-    model_bytes: bytes, level: str, providers: list[str] | None = None
-) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        model_bytes, options, providers=providers or ["CPUExecutionProvider"]
-    )
 
 
 @dataclass
@@ -102,13 +53,20 @@ class ParityReport:
     argmax_agreement: float | None = None
     argmax_mismatches: int = 0
     inputs: str = "random"
+    reference_evaluator: CrossCheck | None = None
+    cuda: CrossCheck | None = None
+
+    def _cross_checks(self) -> list[tuple[str, CrossCheck]]:
+        named = [("reference evaluator", self.reference_evaluator), ("CUDA", self.cuda)]
+        return [(label, check) for label, check in named if check is not None]
 
     @property
     def ok(self) -> bool:
         checks = [*self.vs_eager_fp32.values(), *self.vs_eager_fp64.values()]
         if self.batch_invariance is not None:
             checks.append(self.batch_invariance)
-        return all(c.ok for c in checks) and self.argmax_mismatches == 0
+        crossed = all(check.ok for _, check in self._cross_checks())
+        return all(c.ok for c in checks) and self.argmax_mismatches == 0 and crossed
 
     def failures(self) -> list[str]:
         out = []
@@ -124,6 +82,8 @@ class ParityReport:
             out.append(f"batch invariance: max abs {self.batch_invariance.max_abs:.3g} ({tol})")
         if self.argmax_mismatches:
             out.append(f"argmax differs from eager on {self.argmax_mismatches} sample(s)")
+        for label, check in self._cross_checks():
+            out.extend(check.failures(label, tol))
         return out
 
     def to_dict(self) -> dict[str, object]:
@@ -141,6 +101,10 @@ class ParityReport:
             ),
             "batch_invariance": self.batch_invariance.to_dict() if self.batch_invariance else None,
             "argmax_agreement": self.argmax_agreement,
+            "reference_evaluator": (
+                self.reference_evaluator.to_dict() if self.reference_evaluator else None
+            ),
+            "cuda": self.cuda.to_dict() if self.cuda else None,
         }
 
 
@@ -167,6 +131,12 @@ def _argmax_mismatches(onnx_out: np.ndarray, eager: np.ndarray, tol: Tolerance) 
     return bad
 
 
+def _as_numpy(out: object) -> np.ndarray:
+    if not isinstance(out, torch.Tensor):
+        raise ExportError(f"the model returns {type(out).__name__}, not a single tensor")
+    return out.detach().cpu().numpy()
+
+
 @torch.no_grad()
 def prove_parity(
     original: nn.Module,
@@ -178,27 +148,31 @@ def prove_parity(
     classifier: bool,
     inputs_kind: str,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
-    providers: list[str] | None = None,
+    cross_checks: bool = True,
 ) -> ParityReport:
     """Compare ONNX Runtime (both optimization levels) with eager fp32 and fp64 copies.
 
     ``original`` is the eval-mode, unfolded model; a float64 deep copy of it is the reference
-    that neither float32 path can claim to be closer to by luck.
+    that neither float32 path can claim to be closer to by luck. ``original`` is not modified.
     """
-    providers = providers or ["CPUExecutionProvider"]
+    providers = ["CPUExecutionProvider"]
     reference64 = copy.deepcopy(original).double().eval()
     report = ParityReport(
         tolerance=tolerance, batch_sizes=batch_sizes, providers=providers, inputs=inputs_kind
     )
-    sessions = {level: make_session(model_bytes, level, providers) for level in LEVELS}
+    sessions = {level: make_session(model_bytes, level, list(providers)) for level in LEVELS}
     per_level32: dict[str, list[Comparison]] = {level: [] for level in LEVELS}
     per_level64: dict[str, list[Comparison]] = {level: [] for level in LEVELS}
     eager_gaps: list[Comparison] = []
     agree = total = 0
     largest: tuple[np.ndarray, torch.Tensor] | None = None
-    for batch in _batches(inputs, batch_sizes):
-        eager32 = original(batch).numpy()
-        eager64 = reference64(batch.double()).numpy()
+    batches = _batches(inputs, batch_sizes)
+    eager32s, eager64s = [], []
+    for batch in batches:
+        eager32 = _as_numpy(original(batch))
+        eager64 = _as_numpy(reference64(batch.double()))
+        eager32s.append(eager32)
+        eager64s.append(eager64)
         eager_gaps.append(compare(eager32, eager64, tolerance))
         feed = {input_name: batch.numpy()}
         for level, session in sessions.items():
@@ -221,6 +195,12 @@ def prove_parity(
         report.batch_invariance = _batch_invariance(
             sessions["ORT_ENABLE_ALL"], input_name, *largest, tolerance
         )
+    if cross_checks:
+        references = list(zip(batches, eager32s, eager64s, strict=True))
+        report.reference_evaluator = reference_evaluator_check(
+            model_bytes, references, input_name, tolerance
+        )
+        report.cuda = cuda_check(original, model_bytes, references, input_name, tolerance)
     return report
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import platform
 from collections.abc import Callable
@@ -17,19 +16,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.audit import audit_graph
 from export.errors import ExportError
-from export.freeze import FreezeReport, freeze_normalization
-from export.onnx_export import DEFAULT_OPSET, export_onnx
-from export.parity import (
-    BATCH_SIZES,
-    ParityReport,
-    Tolerance,
-    make_session,
-    prove_parity,
-    require_parity,
-)
+from export.freeze import FreezeReport
+from export.module_export import ModuleExport, export_module
+from export.onnx_export import DEFAULT_OPSET
+from export.parity import ParityReport, Tolerance
 from export.repository import MODEL_FORMAT, plan_entry, write_entry
+from export.sessions import make_session
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.datasets import load_dataset
 from models.registry import ArchitectureError, build_model, get_architecture
@@ -56,6 +49,7 @@ class ExportOptions:
     name: str | None = None
     version: int | None = None
     arch: str | None = None
+    arch_config: dict[str, Any] | None = None
     input_shape: list[int] | None = None
     opset: int = DEFAULT_OPSET
     tolerance: Tolerance = field(default_factory=Tolerance)
@@ -143,22 +137,14 @@ def golden_probe(
     }
 
 
-def _is_classifier(checkpoint: Checkpoint, example_out: torch.Tensor) -> bool:
-    return bool(checkpoint.labels) or (example_out.dim() == 2 and example_out.shape[1] > 1)
-
-
 def _metadata(
     *,
     checkpoint: Checkpoint,
     options: ExportOptions,
     name: str,
     version: int,
-    onnx_bytes: bytes,
-    output_shape: list[int],
+    result: ModuleExport,
     probe: dict[str, Any],
-    freeze: FreezeReport,
-    audit: dict[str, Any],
-    parity: ParityReport,
 ) -> dict[str, Any]:
     datatype = _V2_DATATYPES[checkpoint.input.dtype]
     return {
@@ -174,12 +160,16 @@ def _metadata(
             }
         ],
         "outputs": [
-            {"name": checkpoint.output_name, "datatype": datatype, "shape": [-1, *output_shape]}
+            {
+                "name": checkpoint.output_name,
+                "datatype": datatype,
+                "shape": [-1, *result.output_shape],
+            }
         ],
         "max_batch_size": options.max_batch_size,
         "labels": checkpoint.labels,
         "preprocess": checkpoint.preprocess,
-        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "onnx_sha256": hashlib.sha256(result.onnx_bytes).hexdigest(),
         "golden_probe": probe,
         "export": {
             "checkpoint_sha256": sha256_file(options.checkpoint),
@@ -187,9 +177,10 @@ def _metadata(
             "arch_config": checkpoint.arch_config,
             "opset": options.opset,
             "fold": options.fold,
-            "normalization": freeze.to_dict(),
-            "graph": audit,
-            "parity": parity.to_dict(),
+            "normalization": result.normalization(),
+            "graph": result.graph,
+            "parity": result.parity.to_dict(),
+            "notes": result.notes,
             "training_metrics": checkpoint.metrics,
             "tools": {
                 "python": platform.python_version(),
@@ -207,7 +198,10 @@ def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult
     """Do every step in memory; write the entry only after every check has passed."""
     say = step or (lambda _msg: None)
     checkpoint = load_checkpoint(
-        options.checkpoint, arch=options.arch, input_shape=options.input_shape
+        options.checkpoint,
+        arch=options.arch,
+        input_shape=options.input_shape,
+        arch_config=options.arch_config,
     )
     name = options.name or checkpoint.arch.rsplit(":", 1)[-1]
     target, version = plan_entry(options.repository, name, options.version, options.force)
@@ -215,54 +209,31 @@ def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult
     say(f"rebuilding {checkpoint.arch}")
     original = build_eval_model(checkpoint)
     inputs, inputs_kind = parity_inputs(checkpoint)
-    sample = inputs[: max(2, min(len(inputs), 4))]
-    if len(sample) < 2:
-        sample = inputs[torch.arange(2) % len(inputs)]
-
-    say("folding and freezing normalization")
-    working = copy.deepcopy(original)
-    frozen, freeze = freeze_normalization(working, sample, fold=options.fold)
-    with torch.no_grad():
-        example_out = original(sample)
-
-    say(f"exporting to ONNX (opset {options.opset})")
-    proto = export_onnx(
-        frozen,
-        sample,
+    result = export_module(
+        original,
+        inputs,
         input_name=checkpoint.input.name,
         output_name=checkpoint.output_name,
         opset=options.opset,
-    )
-    say("auditing the graph")
-    audit = audit_graph(proto)
-    audit["batch_norm_modules_before"] = freeze.batch_norm_calls
-    onnx_bytes = proto.SerializeToString()
-
-    say(f"proving parity at batch sizes {', '.join(map(str, BATCH_SIZES))}")
-    parity = prove_parity(
-        original,
-        onnx_bytes,
-        inputs,
-        input_name=checkpoint.input.name,
         tolerance=options.tolerance,
-        classifier=_is_classifier(checkpoint, example_out),
+        fold=options.fold,
+        classifier=True if checkpoint.labels else None,
         inputs_kind=inputs_kind,
+        step=say,
     )
-    require_parity(parity)
-
     metadata = _metadata(
         checkpoint=checkpoint,
         options=options,
         name=name,
         version=version,
-        onnx_bytes=onnx_bytes,
-        output_shape=list(example_out.shape[1:]),
+        result=result,
         probe=golden_probe(
-            onnx_bytes, inputs, checkpoint.input.name, checkpoint.output_name, options.tolerance
+            result.onnx_bytes,
+            inputs,
+            checkpoint.input.name,
+            checkpoint.output_name,
+            options.tolerance,
         ),
-        freeze=freeze,
-        audit=audit,
-        parity=parity,
     )
-    write_entry(target, onnx_bytes, metadata, options.force)
-    return ExportResult(target, name, version, metadata, parity, freeze)
+    write_entry(target, result.onnx_bytes, metadata, options.force)
+    return ExportResult(target, name, version, metadata, result.parity, result.freeze)

@@ -187,3 +187,108 @@ def test_golden_probe_reproduces_with_onnx_runtime(digits_repository: Path):
     (got,) = session.run(None, {"input": x})
     expected = np.array(outp["data"], dtype=np.float32).reshape(outp["shape"])
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+# --- a user's own architecture, bare state dicts, opsets, verify -----------------------------
+
+USER_ARCH = "tests.export.user_models:tiny_net"
+
+
+@pytest.fixture
+def user_state_dict(tmp_path: Path) -> Path:
+    from tests.export.user_models import trained_tiny_net
+
+    path = tmp_path / "tiny_state.pt"
+    torch.save(trained_tiny_net(width=6, classes=4).state_dict(), path)
+    return path
+
+
+def test_bare_state_dict_of_a_user_architecture_exports_and_verifies(
+    user_state_dict: Path, tmp_path: Path
+):
+    from export.verify import verify_entry
+    from tests.export.user_models import trained_tiny_net
+
+    repository = tmp_path / "repo"
+    result = run_export(
+        ExportOptions(
+            checkpoint=user_state_dict,
+            repository=repository,
+            arch=USER_ARCH,
+            arch_config={"width": 6, "classes": 4},
+            input_shape=[3, 8, 8],
+        )
+    )
+    assert result.path == repository / "tiny_net" / "1"
+    meta = json.loads((result.path / "model.json").read_text())
+    report = meta["export"]
+    assert (report["arch"], report["arch_config"]) == (USER_ARCH, {"width": 6, "classes": 4})
+    assert report["normalization"]["folded"] == {"bn+conv2d": 1, "conv2d+bn": 1, "linear+bn": 1}
+    assert report["parity"]["inputs"] == "random normal"
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 8, 8]}]
+
+    onnx_path = str(result.path / "model.onnx")
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 8, 8)
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        expected = trained_tiny_net(width=6, classes=4)(x).numpy()
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+    verified = verify_entry(result.path, user_state_dict)  # arch and config from model.json
+    assert verified.parity.ok
+    assert verified.tolerance == Tolerance(rtol=RTOL, atol=ATOL)
+    assert verified.golden_probe is not None
+    assert verified.golden_probe.ok
+
+
+def test_bare_state_dict_needs_arch_and_shape(user_state_dict: Path, tmp_path: Path):
+    with pytest.raises(CheckpointError, match="pass --arch and --input-shape"):
+        run_export(ExportOptions(checkpoint=user_state_dict, repository=tmp_path / "r"))
+
+
+def test_state_dict_that_does_not_fit_the_config_is_refused(user_state_dict: Path, tmp_path: Path):
+    with pytest.raises(ExportError, match="does not fit"):
+        run_export(
+            ExportOptions(
+                checkpoint=user_state_dict,
+                repository=tmp_path / "r",
+                arch=USER_ARCH,
+                arch_config={"width": 7, "classes": 4},
+                input_shape=[3, 8, 8],
+            )
+        )
+    assert not (tmp_path / "r").exists()
+
+
+def test_pickled_module_is_refused_with_a_way_out(tmp_path: Path):
+    from tests.export.user_models import tiny_net
+
+    path = tmp_path / "whole_model.pt"
+    torch.save(tiny_net(), path)  # the whole object: needs its class unpickled
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*save model\.state_dict\(\)"):
+        run_export(ExportOptions(checkpoint=path, repository=tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("opset", [16, 24])
+def test_unsupported_opset_is_refused(digits_checkpoint: Path, tmp_path: Path, opset: int):
+    with pytest.raises(ExportError, match=r"expected 17\.\.23"):
+        run_export(ExportOptions(checkpoint=digits_checkpoint, repository=tmp_path, opset=opset))
+    assert _entries(tmp_path) == []
+
+
+def test_verify_refuses_a_tampered_entry(
+    digits_checkpoint: Path, digits_repository: Path, tmp_path: Path
+):
+    import shutil
+
+    from export.verify import verify_entry
+
+    copy = tmp_path / "copy"
+    shutil.copytree(digits_repository / "digits" / "1", copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="does not match the onnx_sha256"):
+        verify_entry(copy, digits_checkpoint)

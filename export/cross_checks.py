@@ -1,0 +1,176 @@
+"""Two extra witnesses for the proof, each run where it can and skipped with a reason elsewhere.
+
+- The ONNX reference evaluator (``onnx.reference``): a plain numpy implementation of the ONNX
+  operators, independent of ONNX Runtime's kernels and graph rewrites. It is slow, so it runs on
+  the small batches only.
+- The CUDA execution provider, at both optimization levels, with TF32 off on both sides (ORT's
+  ``use_tf32=0``; torch's float32 matmul and cuDNN conv precision set to IEEE), against eager on
+  the GPU when torch has CUDA, else against eager on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
+from export.comparison import Comparison, CrossCheck, Tolerance, compare
+from export.sessions import LEVELS, make_session
+
+__all__ = [
+    "REFERENCE_MAX_BATCH",
+    "cuda_check",
+    "cuda_unavailable_reason",
+    "device_check",
+    "reference_evaluator_check",
+    "reference_unsupported",
+    "tf32_disabled",
+]
+
+REFERENCE_MAX_BATCH = 7
+CUDA = "CUDAExecutionProvider"
+# (batch, eager float32 output, eager float64 output)
+References = list[tuple[torch.Tensor, np.ndarray, np.ndarray]]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def reference_unsupported(model: onnx.ModelProto) -> str | None:
+    """Why the reference evaluator cannot be trusted on ``model``, or None.
+
+    ``onnx.reference``'s ConvTranspose slices grouped weights along the wrong axis (it returns
+    wrong numbers rather than failing), so grouped transposed convs are out of its reach.
+    """
+    for node in model.graph.node:
+        if node.op_type == "ConvTranspose" and node.domain in ("", "ai.onnx"):
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if group > 1:
+                return (
+                    f"onnx {onnx.__version__}'s reference ConvTranspose mishandles group={group} "
+                    "(ONNX Runtime and eager agree)"
+                )
+    return None
+
+
+def reference_evaluator_check(
+    model_bytes: bytes, references: References, input_name: str, tol: Tolerance
+) -> CrossCheck:
+    """Run ``onnx.reference.ReferenceEvaluator`` on the batches of at most 7 samples."""
+    small = [r for r in references if len(r[0]) <= REFERENCE_MAX_BATCH]
+    sizes = [len(r[0]) for r in small]
+    model = onnx.load_from_string(model_bytes)
+    reason = reference_unsupported(model)
+    if reason is not None:
+        return CrossCheck(skipped=f"the ONNX reference evaluator is not used: {reason}")
+    try:
+        evaluator = ReferenceEvaluator(model)
+        outputs = [evaluator.run(None, {input_name: b.numpy()})[0] for b, _, _ in small]
+    except Exception as exc:  # an operator or attribute the evaluator does not implement
+        return CrossCheck(
+            skipped=f"the ONNX reference evaluator cannot run this graph: {_first_line(exc)}"
+        )
+    as32 = [compare(np.asarray(o), e32, tol) for o, (_, e32, _) in zip(outputs, small, strict=True)]
+    as64 = [compare(np.asarray(o), e64, tol) for o, (_, _, e64) in zip(outputs, small, strict=True)]
+    return CrossCheck(
+        vs_eager_fp32={"reference": Comparison.merge(as32)},
+        vs_eager_fp64={"reference": Comparison.merge(as64)},
+        details={"batch_sizes": sizes, "onnx": onnx.__version__},
+    )
+
+
+@contextlib.contextmanager
+def tf32_disabled() -> Iterator[None]:
+    """Full float32 precision for torch's CUDA matmuls and cuDNN convs; restored afterwards."""
+    saved: list[tuple[object, str, object]] = []
+    targets: list[tuple[object, str, object]] = []
+    matmul = torch.backends.cuda.matmul
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None:
+        targets = [(matmul, "fp32_precision", "ieee"), (conv, "fp32_precision", "ieee")]
+    else:  # older torch
+        targets = [(matmul, "allow_tf32", False), (torch.backends.cudnn, "allow_tf32", False)]
+    for obj, attr, value in targets:
+        saved.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        for obj, attr, value in reversed(saved):
+            setattr(obj, attr, value)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA cross-check cannot run here, or None when it can."""
+    if CUDA not in ort.get_available_providers():
+        return (
+            f"onnxruntime {ort.__version__} has no {CUDA} (a CPU-only build, or no GPU): "
+            "install onnxruntime-gpu on a CUDA machine to run it"
+        )
+    return None
+
+
+@torch.no_grad()
+def device_check(
+    original: nn.Module,
+    model_bytes: bytes,
+    references: References,
+    input_name: str,
+    tol: Tolerance,
+    *,
+    providers: list,
+    torch_device: str,
+) -> CrossCheck:
+    """ONNX Runtime on ``providers`` vs eager on ``torch_device`` (fp32) and on CPU (fp64)."""
+    sessions = {level: make_session(model_bytes, level, providers) for level in LEVELS}
+    wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    got = sessions["ORT_ENABLE_ALL"].get_providers()[0]
+    if got != wanted:
+        return CrossCheck(skipped=f"{wanted} could not start (ONNX Runtime fell back to {got})")
+    device_model = copy.deepcopy(original).to(torch_device).eval()
+    per32: dict[str, list[Comparison]] = {level: [] for level in LEVELS}
+    per64: dict[str, list[Comparison]] = {level: [] for level in LEVELS}
+    with tf32_disabled():
+        for batch, _, eager64 in references:
+            eager32 = device_model(batch.to(torch_device)).detach().cpu().numpy()
+            for level, session in sessions.items():
+                (out,) = session.run(None, {input_name: batch.numpy()})[:1]
+                per32[level].append(compare(out, eager32, tol))
+                per64[level].append(compare(out, eager64, tol))
+    return CrossCheck(
+        vs_eager_fp32={k: Comparison.merge(v) for k, v in per32.items()},
+        vs_eager_fp64={k: Comparison.merge(v) for k, v in per64.items()},
+        details={
+            "provider": wanted,
+            "eager_device": torch_device,
+            "tf32": False,
+            "batch_sizes": [len(b) for b, _, _ in references],
+        },
+    )
+
+
+def cuda_check(
+    original: nn.Module,
+    model_bytes: bytes,
+    references: References,
+    input_name: str,
+    tol: Tolerance,
+) -> CrossCheck:
+    """The CUDA cross-check, or a skip that says why it could not run."""
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        return CrossCheck(skipped=reason)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    providers = [(CUDA, {"use_tf32": "0"}), "CPUExecutionProvider"]
+    return device_check(
+        original, model_bytes, references, input_name, tol, providers=providers, torch_device=device
+    )
