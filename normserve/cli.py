@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -43,18 +46,47 @@ def _parse_shape(text: str | None) -> list[int] | None:
     return shape
 
 
+def _parse_config(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"--arch-config must be a JSON object, got {text!r}: {exc}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--arch-config must be a JSON object such as {{}}, got {text!r}")
+    return config
+
+
+def _importable_from_cwd() -> None:
+    """Let ``--arch package.module:factory`` find the user's package in the working directory,
+    as ``python -m`` would (a console script's sys.path starts at its own bin directory)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 @app.command()
 def train(
     arch: Annotated[str, typer.Option(help="Registry architecture to train.")] = "digits_cnn",
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training split.")] = 12,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Passes over the training split (default: per arch).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many optimizer steps.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialization and order.")] = 0,
     out_path: Annotated[
-        Path, typer.Option("--out", help="Checkpoint file to write.", dir_okay=False)
-    ] = Path("checkpoints/digits_cnn.pt"),
+        Path | None,
+        typer.Option(
+            "--out", help="Checkpoint to write (default checkpoints/ARCH.pt).", dir_okay=False
+        ),
+    ] = None,
 ) -> None:
-    """Train an architecture on its bundled dataset and write a checkpoint."""
+    """Train a registry architecture on its bundled or generated dataset; write a checkpoint."""
     from models.train import TrainConfig, train_to_file
 
+    target = out_path or Path("checkpoints") / f"{arch}.pt"
     try:
         with Progress(
             TextColumn("training {task.description}"),
@@ -69,15 +101,13 @@ def train(
             def report(step: int, total: int, loss: float) -> None:
                 progress.update(task, completed=step, total=total, loss=loss)
 
-            result = train_to_file(
-                TrainConfig(arch=arch, epochs=epochs, seed=seed), out_path, report
-            )
+            config = TrainConfig(arch=arch, epochs=epochs, max_steps=max_steps, seed=seed)
+            result = train_to_file(config, target, report)
     except UserError as exc:
         raise _fail(str(exc)) from None
-    out.print(
-        f"validation accuracy {result.val_accuracy:.2%}  ({arch}, {epochs} epochs, seed {seed})"
-    )
-    out.print(f"wrote {out_path}")
+    metrics = result.checkpoint.metrics or {}
+    out.print(f"{result.summary()}  ({arch}, {metrics.get('epochs')} epochs, seed {seed})")
+    out.print(f"wrote {target}")
 
 
 @app.command("export")
@@ -91,10 +121,13 @@ def export_cmd(
     arch: Annotated[
         str | None, typer.Option(help="Registry name or package.module:factory (overrides).")
     ] = None,
+    arch_config: Annotated[
+        str | None, typer.Option(help="Factory keyword arguments as JSON (overrides).")
+    ] = None,
     input_shape: Annotated[
         str | None, typer.Option(help="Per-sample input shape, e.g. 1,8,8 (bare state dicts).")
     ] = None,
-    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 18).")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset, 17..23 (default 18).")] = None,
     rtol: Annotated[float, typer.Option(min=0.0, help="Parity relative tolerance.")] = 1e-4,
     atol: Annotated[float, typer.Option(min=0.0, help="Parity absolute tolerance.")] = 1e-5,
     no_fold: Annotated[
@@ -107,6 +140,7 @@ def export_cmd(
     from export.parity import Tolerance
     from export.pipeline import ExportOptions, run_export
 
+    _importable_from_cwd()
     try:
         options = ExportOptions(
             checkpoint=checkpoint,
@@ -114,6 +148,7 @@ def export_cmd(
             name=name,
             version=version,
             arch=arch,
+            arch_config=_parse_config(arch_config),
             input_shape=_parse_shape(input_shape),
             opset=opset or DEFAULT_OPSET,
             tolerance=Tolerance(rtol=rtol, atol=atol),
@@ -128,24 +163,42 @@ def export_cmd(
     out.print(f"wrote {result.path}")
 
 
+def _print_parity(parity: dict) -> None:
+    tol = f"rtol {parity['rtol']:g}, atol {parity['atol']:g}"
+    for ref in ("vs_eager_fp32", "vs_eager_fp64"):
+        for level, cmp in parity[ref].items():
+            out.print(
+                f"parity {level} {ref}: max abs {cmp['max_abs']:.3g}  max rel {cmp['max_rel']:.3g}"
+                f"  ({tol}, batches {parity['batch_sizes']})"
+            )
+    if parity.get("argmax_agreement") is not None:
+        out.print(f"argmax agreement {parity['argmax_agreement']:.2%}")
+    for label, key in (("reference evaluator", "reference_evaluator"), ("CUDA", "cuda")):
+        check = parity.get(key) or {}
+        if check.get("ran"):
+            worst = max(c["max_abs"] for c in check["vs_eager_fp64"].values())
+            out.print(f"{label}: ok, max abs vs eager fp64 {worst:.3g}")
+        elif check:
+            out.print(f"{label}: skipped ({check['skipped']})")
+
+
 def _print_export(metadata: dict) -> None:
     report = metadata["export"]
-    norm, graph, parity = report["normalization"], report["graph"], report["parity"]
+    norm = report["normalization"]
     folds = ", ".join(f"{k} {v}" for k, v in norm["folded"].items()) or "none"
     out.print(
         f"batch norms: {norm['batch_norm_calls']}  folded: {folds}  "
         f"frozen as affine: {norm['frozen_affine']}"
     )
+    nodes = norm["batch_normalization_nodes"]
     out.print(
-        f"BatchNormalization nodes: {graph['onnx_nodes'].get('BatchNormalization', 0)} exported, "
-        f"{graph['ort_optimized_nodes'].get('BatchNormalization', 0)} after ORT optimization; "
-        f"other norm ops: {graph['remaining_norm_ops'] or 'none'}"
+        f"BatchNormalization nodes: {nodes['exported']} exported, "
+        f"{nodes['ort_optimized']} after ORT optimization; "
+        f"other norm ops: {norm['remaining_norm_ops'] or 'none'}"
     )
-    for level, cmp in parity["vs_eager_fp32"].items():
-        out.print(
-            f"parity {level}: max abs {cmp['max_abs']:.3g}  max rel {cmp['max_rel']:.3g}  "
-            f"(rtol {parity['rtol']:g}, atol {parity['atol']:g}, batches {parity['batch_sizes']})"
-        )
+    _print_parity(report["parity"])
+    for note in report.get("notes", []):
+        err.print(f"[cyan]note:[/] {note}", highlight=False)
     for warning in norm["warnings"]:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
@@ -154,19 +207,35 @@ def _print_export(metadata: dict) -> None:
 def verify(
     entry: Annotated[Path, typer.Argument(help="Repository entry DIR/NAME/VERSION.")],
     checkpoint: Annotated[Path, typer.Option(help="The checkpoint it was exported from.")],
-    rtol: Annotated[float, typer.Option(min=0.0)] = 1e-4,
-    atol: Annotated[float, typer.Option(min=0.0)] = 1e-5,
+    rtol: Annotated[
+        float | None, typer.Option(min=0.0, help="Relative tolerance (default: recorded).")
+    ] = None,
+    atol: Annotated[
+        float | None, typer.Option(min=0.0, help="Absolute tolerance (default: recorded).")
+    ] = None,
 ) -> None:
-    """Re-run the parity proof of an existing entry against its checkpoint."""
+    """Re-run the audit and the parity proof of an existing entry against its checkpoint."""
     from export.parity import Tolerance
     from export.verify import verify_entry
 
+    _importable_from_cwd()
     try:
-        report = verify_entry(entry, checkpoint, Tolerance(rtol=rtol, atol=atol))
+        tolerance = None
+        if rtol is not None or atol is not None:
+            default = Tolerance()
+            tolerance = Tolerance(
+                rtol=default.rtol if rtol is None else rtol,
+                atol=default.atol if atol is None else atol,
+            )
+        report = verify_entry(entry, checkpoint, tolerance)
     except UserError as exc:
         raise _fail(str(exc)) from None
-    for level, cmp in report.vs_eager_fp32.items():
-        out.print(f"parity {level}: max abs {cmp.max_abs:.3g}  max rel {cmp.max_rel:.3g}")
+    nodes = report.graph["onnx_nodes"].get("BatchNormalization", 0)
+    optimized = report.graph["ort_optimized_nodes"].get("BatchNormalization", 0)
+    out.print(f"BatchNormalization nodes: {nodes} exported, {optimized} after ORT optimization")
+    _print_parity(report.parity.to_dict())
+    if report.golden_probe is not None:
+        out.print(f"golden probe: reproduced (max abs {report.golden_probe.max_abs:.3g})")
     out.print(f"verified {entry}")
 
 

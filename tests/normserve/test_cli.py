@@ -126,3 +126,94 @@ def test_train_unknown_arch_is_one_line(runner: CliRunner, tmp_path: Path):
         runner.invoke(app, ["train", "--arch", "nope", "--out", str(tmp_path / "x.pt")])
     )
     assert "arch 'nope' is not registered" in line
+
+
+def test_train_a_registry_architecture_to_its_default_path(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--arch", "conv_decoder", "--max-steps", "5"])
+    assert result.exit_code == 0, result.output
+    assert "validation relative MSE" in result.output
+    assert (tmp_path / "checkpoints" / "conv_decoder.pt").is_file()
+    assert "wrote checkpoints/conv_decoder.pt" in result.output
+
+
+def test_export_and_verify_a_user_architecture_from_a_bare_state_dict(
+    runner: CliRunner, tmp_path: Path
+):
+    import torch
+
+    from tests.export.user_models import trained_tiny_net
+
+    state = tmp_path / "tiny.pt"
+    torch.save(trained_tiny_net(width=5, classes=3).state_dict(), state)
+    repo = tmp_path / "repo"
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            str(state),
+            "--arch",
+            "tests.export.user_models:tiny_net",
+            "--arch-config",
+            '{"width": 5}',
+            "--input-shape",
+            "3,8,8",
+            "--repository",
+            str(repo),
+            "--name",
+            "tiny",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "folded: bn+conv2d 1, conv2d+bn 1, linear+bn 1" in result.output
+    assert "reference evaluator: ok" in result.output
+    assert "CUDA: " in result.output
+    assert f"wrote {repo / 'tiny' / '1'}" in result.output
+
+    result = runner.invoke(app, ["verify", str(repo / "tiny" / "1"), "--checkpoint", str(state)])
+    assert result.exit_code == 0, result.output
+    assert "BatchNormalization nodes: 0 exported, 0 after ORT optimization" in result.output
+    assert "golden probe: reproduced" in result.output
+    assert f"verified {repo / 'tiny' / '1'}" in result.output
+
+
+def test_bad_arch_config_is_one_line(runner: CliRunner, digits_checkpoint: Path, tmp_path: Path):
+    args = ["export", str(digits_checkpoint), "--arch-config", "[1]", "--repository", str(tmp_path)]
+    line = _one_error_line(runner.invoke(app, args))
+    assert "--arch-config must be a JSON object" in line
+
+
+def test_batch_norm_without_running_stats_is_one_line(runner: CliRunner, tmp_path: Path):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    state = tmp_path / "no_stats.pt"
+    torch.save(model.state_dict(), state)
+    line = _one_error_line(
+        runner.invoke(
+            app,
+            [
+                "export",
+                str(state),
+                "--arch",
+                "tests.normserve.test_cli:no_stats_model",
+                "--input-shape",
+                "3,6,6",
+                "--repository",
+                str(tmp_path / "r"),
+            ],
+        )
+    )
+    assert "track_running_stats=False" in line
+    assert "depends on the other samples" in line
+    assert not (tmp_path / "r").exists()
+
+
+def no_stats_model() -> object:
+    """Factory for the refusal test above (importable as tests.normserve.test_cli:...)."""
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
