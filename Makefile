@@ -65,3 +65,17 @@ test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -m "not docker"
+
+# ---- Benchmarks (README "Benchmarks"): every figure, chart and the README table, from scratch.
+# QUICK=1: short runs that check the scripts (figures marked QUICK, not for publishing).
+# BENCH_ARGS: extra options, e.g. BENCH_ARGS="--only overhead,decode".
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[export,dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: model $(BENCH_STAMP)
+	NORMSERVE_BENCH_REPOSITORY=$(REPOSITORY) $(BIN)/python -m benchmarks $(if $(QUICK),--quick) $(BENCH_ARGS)
