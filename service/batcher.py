@@ -306,12 +306,13 @@ class Batcher:
     async def close(self) -> None:
         """Stop the worker; anything still queued is answered 503."""
         self._closed = True
+        running = self._running
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         gone = Unavailable(f"{self._name} was unloaded", retry_after_s=self._retry_after_s)
-        self._fail(self._running, gone)
+        self._fail(running, gone)
         while (item := self._pop_live()) is not None:
             self._fail([item], gone)
         self._executor.shutdown(wait=False)

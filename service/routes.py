@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from service import handlers
 from service.body import read_body
@@ -41,76 +43,14 @@ async def require_admin_key(request: Request) -> None:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-open_routes = APIRouter()
-model_routes = APIRouter(dependencies=[Depends(require_api_key)])
-admin_routes = APIRouter(dependencies=[Depends(require_admin_key)])
+# One flat router, inference first: every included router or extra route is matched per request.
+router = APIRouter()
+API_KEY = [Depends(require_api_key)]
+ADMIN_KEY = [Depends(require_admin_key)]
 
 
 def _json(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
-@open_routes.get("/v2/health/live", summary="Liveness: the process answers")
-async def health_live() -> Response:
-    return _json({"live": True})
-
-
-@open_routes.get("/v2/health/ready", summary="Readiness: every model loaded and warmed up")
-async def health_ready(runtime: RuntimeDep) -> Response:
-    runtime.require_ready()
-    return _json({"ready": True})
-
-
-@open_routes.get("/v2", summary="Server metadata")
-async def server_metadata() -> Response:
-    return _json(handlers.server_metadata())
-
-
-@open_routes.get("/metrics", summary="Prometheus metrics")
-async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
-
-
-@model_routes.get("/v2/models/stats", summary="Statistics of every model version")
-async def all_stats(runtime: RuntimeDep) -> Response:
-    return _json(handlers.model_stats(list(runtime.require_ready())))
-
-
-@model_routes.get("/v2/models/{model_name}", summary="Model metadata, newest version")
-@model_routes.get("/v2/models/{model_name}/versions/{version}", summary="Model metadata")
-async def model_metadata(
-    runtime: RuntimeDep, model_name: str, version: str | None = None
-) -> Response:
-    store = runtime.require_ready()
-    return _json(handlers.model_metadata(store, store.get(model_name, version)))
-
-
-@model_routes.get("/v2/models/{model_name}/ready", summary="Model readiness, newest version")
-@model_routes.get("/v2/models/{model_name}/versions/{version}/ready", summary="Model readiness")
-async def model_ready(runtime: RuntimeDep, model_name: str, version: str | None = None) -> Response:
-    servable = runtime.require_ready().get(model_name, version)
-    return _json({"name": servable.name, "version": str(servable.version), "ready": True})
-
-
-@model_routes.get("/v2/models/{model_name}/config", summary="Triton-shaped config, newest")
-@model_routes.get("/v2/models/{model_name}/versions/{version}/config", summary="Model config")
-async def model_config(
-    runtime: RuntimeDep, model_name: str, version: str | None = None
-) -> Response:
-    servable = runtime.require_ready().get(model_name, version)
-    return _json(handlers.model_config(servable, runtime.settings))
-
-
-@model_routes.get("/v2/models/{model_name}/stats", summary="Statistics, every version")
-@model_routes.get("/v2/models/{model_name}/versions/{version}/stats", summary="Statistics")
-async def model_stats(runtime: RuntimeDep, model_name: str, version: str | None = None) -> Response:
-    store = runtime.require_ready()
-    if version is None:
-        store.versions(model_name)  # 404 for an unknown model
-        servables = list(store.models[model_name].values())
-    else:
-        servables = [store.get(model_name, version)]
-    return _json(handlers.model_stats(servables))
 
 
 async def _read(request: Request, runtime: Runtime) -> bytes:
@@ -146,11 +86,23 @@ def _infer_response(
     return Response(body, media_type=media, headers=headers)
 
 
-@model_routes.post("/v2/models/{model_name}/infer", summary="Inference, newest version")
-@model_routes.post("/v2/models/{model_name}/versions/{version}/infer", summary="Inference")
-async def model_infer(
-    request: Request, runtime: RuntimeDep, model_name: str, version: str | None = None
-) -> Response:
+class _HotRoute(Route):
+    """A plain Starlette route (no dependency solving: the inference hot path), which records
+    itself in the scope like FastAPI's routes so metrics and logs see its template."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+async def model_infer(request: Request) -> Response:
+    """POST /v2/models/{model_name}[/versions/{version}]/infer"""
+    runtime: Runtime = request.app.state.runtime
+    await require_api_key(request)
+    model_name = request.path_params["model_name"]
+    version = request.path_params.get("version")
     runtime.require_ready().get(model_name, version)  # 404 before reading a large body
     body = await _read(request, runtime)
     servable = runtime.require_ready().get(model_name, version)  # the newest after any swap
@@ -160,13 +112,110 @@ async def model_infer(
     return _infer_response(request, outcome, servable.name, servable.version)
 
 
-@model_routes.post("/v1/models/{model_name}:predict", summary="KServe V1 prediction")
-async def v1_predict(request: Request, runtime: RuntimeDep, model_name: str) -> Response:
+async def v1_predict(request: Request) -> Response:
+    """POST /v1/models/{model_name}:predict"""
+    runtime: Runtime = request.app.state.runtime
+    await require_api_key(request)
+    model_name = request.path_params["model_name"]
     runtime.require_ready().get(model_name)
     body = await _read(request, runtime)
     servable = runtime.require_ready().get(model_name)
     outcome = await handlers.predict(servable, body, runtime.settings.top_k)
     return _infer_response(request, outcome, servable.name, servable.version)
+
+
+router.routes.extend(
+    [
+        _HotRoute("/v2/models/{model_name}/infer", model_infer, methods=["POST"]),
+        _HotRoute(
+            "/v2/models/{model_name}/versions/{version}/infer", model_infer, methods=["POST"]
+        ),
+        _HotRoute("/v1/models/{model_name}:predict", v1_predict, methods=["POST"]),
+    ]
+)
+
+
+@router.get("/v2/health/live", summary="Liveness: the process answers")
+async def health_live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/v2/health/ready", summary="Readiness: every model loaded and warmed up")
+async def health_ready(runtime: RuntimeDep) -> Response:
+    runtime.require_ready()
+    return _json({"ready": True})
+
+
+@router.get("/v2", summary="Server metadata")
+async def server_metadata() -> Response:
+    return _json(handlers.server_metadata())
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v2/models/stats", summary="Statistics of every model version", dependencies=API_KEY)
+async def all_stats(runtime: RuntimeDep) -> Response:
+    return _json(handlers.model_stats(list(runtime.require_ready())))
+
+
+@router.get(
+    "/v2/models/{model_name}", summary="Model metadata, newest version", dependencies=API_KEY
+)
+@router.get(
+    "/v2/models/{model_name}/versions/{version}", summary="Model metadata", dependencies=API_KEY
+)
+async def model_metadata(
+    runtime: RuntimeDep, model_name: str, version: str | None = None
+) -> Response:
+    store = runtime.require_ready()
+    return _json(handlers.model_metadata(store, store.get(model_name, version)))
+
+
+@router.get(
+    "/v2/models/{model_name}/ready", summary="Model readiness, newest version", dependencies=API_KEY
+)
+@router.get(
+    "/v2/models/{model_name}/versions/{version}/ready",
+    summary="Model readiness",
+    dependencies=API_KEY,
+)
+async def model_ready(runtime: RuntimeDep, model_name: str, version: str | None = None) -> Response:
+    servable = runtime.require_ready().get(model_name, version)
+    return _json({"name": servable.name, "version": str(servable.version), "ready": True})
+
+
+@router.get(
+    "/v2/models/{model_name}/config", summary="Triton-shaped config, newest", dependencies=API_KEY
+)
+@router.get(
+    "/v2/models/{model_name}/versions/{version}/config",
+    summary="Model config",
+    dependencies=API_KEY,
+)
+async def model_config(
+    runtime: RuntimeDep, model_name: str, version: str | None = None
+) -> Response:
+    servable = runtime.require_ready().get(model_name, version)
+    return _json(handlers.model_config(servable, runtime.settings))
+
+
+@router.get(
+    "/v2/models/{model_name}/stats", summary="Statistics, every version", dependencies=API_KEY
+)
+@router.get(
+    "/v2/models/{model_name}/versions/{version}/stats", summary="Statistics", dependencies=API_KEY
+)
+async def model_stats(runtime: RuntimeDep, model_name: str, version: str | None = None) -> Response:
+    store = runtime.require_ready()
+    if version is None:
+        store.versions(model_name)  # 404 for an unknown model
+        servables = list(store.models[model_name].values())
+    else:
+        servables = [store.get(model_name, version)]
+    return _json(handlers.model_stats(servables))
 
 
 async def _admin_body(request: Request, runtime: Runtime) -> dict[str, Any]:
@@ -182,7 +231,9 @@ async def _admin_body(request: Request, runtime: Runtime) -> dict[str, Any]:
     return parsed
 
 
-@admin_routes.post("/v2/repository/index", summary="Every version on disk and its state")
+@router.post(
+    "/v2/repository/index", summary="Every version on disk and its state", dependencies=ADMIN_KEY
+)
 async def repository_index(request: Request, runtime: RuntimeDep) -> Response:
     body = await _admin_body(request, runtime)
     ready = body.get("ready", False)
@@ -191,7 +242,11 @@ async def repository_index(request: Request, runtime: RuntimeDep) -> Response:
     return _json(runtime.index(ready_only=ready))
 
 
-@admin_routes.post("/v2/repository/models/{model_name}/load", summary="Load or reload a model")
+@router.post(
+    "/v2/repository/models/{model_name}/load",
+    summary="Load or reload a model",
+    dependencies=ADMIN_KEY,
+)
 async def repository_load(request: Request, runtime: RuntimeDep, model_name: str) -> Response:
     body = await _admin_body(request, runtime)
     parameters = body.get("parameters") or {}
@@ -206,7 +261,9 @@ async def repository_load(request: Request, runtime: RuntimeDep, model_name: str
     return _json({})
 
 
-@admin_routes.post("/v2/repository/models/{model_name}/unload", summary="Unload a model")
+@router.post(
+    "/v2/repository/models/{model_name}/unload", summary="Unload a model", dependencies=ADMIN_KEY
+)
 async def repository_unload(request: Request, runtime: RuntimeDep, model_name: str) -> Response:
     body = await _admin_body(request, runtime)
     parameters = body.get("parameters") or {}
@@ -214,9 +271,3 @@ async def repository_unload(request: Request, runtime: RuntimeDep, model_name: s
         raise BadRequest("parameters: only unload_dependents is known")
     await runtime.unload(model_name)
     return _json({})
-
-
-router = APIRouter()
-router.include_router(open_routes)
-router.include_router(model_routes)
-router.include_router(admin_routes)

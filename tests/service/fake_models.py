@@ -45,6 +45,30 @@ def affine_model(version: int = 1) -> bytes:
     return model.SerializeToString()
 
 
+def affine_probe(version: int = 1, *, skew: float = 0.0) -> dict:
+    """A golden probe as export records it (two inputs and their outputs), for ``affine``.
+
+    ``skew`` shifts the recorded outputs: a probe that the model can no longer reproduce.
+    """
+    x = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=np.float32)
+    y, z = affine_reference(x, version)
+
+    def tensor(name: str, array: np.ndarray) -> dict:
+        return {
+            "name": name,
+            "datatype": "FP32",
+            "shape": list(array.shape),
+            "data": array.astype(np.float32).ravel().tolist(),
+        }
+
+    return {
+        "inputs": [tensor("x", x)],
+        "outputs": [tensor("y", y + skew), tensor("z", z)],
+        "rtol": 1e-5,
+        "atol": 1e-6,
+    }
+
+
 def write_entry(
     repository: Path,
     name: str = "affine",
@@ -53,11 +77,18 @@ def write_entry(
     max_batch_size: int = 8,
     onnx_bytes: bytes | None = None,
     overrides: dict | None = None,
+    replace: bool = False,
 ) -> Path:
-    """A repository entry as export writes it; ``overrides`` patch model.json for bad cases."""
+    """A repository entry as export writes it; ``overrides`` patch model.json for bad cases.
+
+    Written into a hidden staging directory and renamed into place, as export does, so a
+    polling server never sees half an entry; ``replace`` swaps out an existing version.
+    """
     data = onnx_bytes if onnx_bytes is not None else affine_model(version)
     entry = repository / name / str(version)
-    entry.mkdir(parents=True)
+    staging = repository / name / f".staging-{version}"
+    staging.mkdir(parents=True)
+    final, entry = entry, staging
     (entry / "model.onnx").write_bytes(data)
     meta = {
         "format": "normserve.model/1",
@@ -74,7 +105,17 @@ def write_entry(
         "preprocess": None,
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
         "export": {"arch": "hand-built affine", "opset": 18},
+        "golden_probe": affine_probe(version) if onnx_bytes is None else None,
     }
     meta.update(overrides or {})
     (entry / "model.json").write_text(json.dumps(meta))
-    return entry
+    if replace and final.exists():
+        retired = repository / name / f".retired-{version}"
+        final.rename(retired)
+        staging.rename(final)
+        for child in retired.iterdir():
+            child.unlink()
+        retired.rmdir()
+    else:
+        staging.rename(final)
+    return final

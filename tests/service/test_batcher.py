@@ -1,0 +1,275 @@
+"""The dynamic batcher on its own: batching, splitting, overload, timeouts, failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, BatchPolicy
+from service.errors import InferenceFailed, QueueFull, QueueTimeout, Unavailable
+from service.model import load_model
+from service.repository import scan_repository
+from service.settings import Settings
+
+# The export's parity gate: the same graph at another batch size may take another kernel path.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def policy(**overrides: float) -> BatchPolicy:
+    values = {
+        "max_batch_size": 8,
+        "max_queue_delay_s": 0.05,
+        "max_queue_size": 64,
+        "queue_timeout_s": 5.0,
+    }
+    values.update(overrides)
+    return BatchPolicy(**values)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """A run function: doubles ``x`` into ``y`` and sums rows into ``s``; records each batch."""
+
+    def __init__(self, delay_s: float = 0.0, poison: float | None = None) -> None:
+        self.batches: list[int] = []
+        self.threads: set[int] = set()
+        self.delay_s = delay_s
+        self.poison = poison
+
+    def __call__(self, inputs: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        x = inputs["x"]
+        self.batches.append(x.shape[0])
+        self.threads.add(threading.get_ident())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.poison is not None and np.any(x == self.poison):
+            raise RuntimeError("poisoned input")
+        out = {"y": x * 2.0, "s": x.sum(axis=1, keepdims=True)}
+        return [out[n] for n in names]
+
+
+def make(run, **overrides: float) -> Batcher:
+    return Batcher(run, policy(**overrides), ["y", "s"], name="test/1")
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_rows_back():
+    run = Recorder()
+    batcher = make(run)
+    rng = np.random.default_rng(0)
+    requests = [rng.normal(size=(n, 3)).astype(np.float32) for n in (1, 2, 1, 3)]
+
+    async def main():
+        return await asyncio.gather(
+            *(batcher.submit({"x": x}, x.shape[0], ["s", "y"]) for x in requests)
+        )
+
+    results = asyncio.run(main())
+    assert run.batches == [7]  # one batch: 1 + 2 + 1 + 3 samples, within the 50 ms delay
+    for x, result in zip(requests, results, strict=True):
+        s, y = result.outputs  # in the order this request asked for
+        np.testing.assert_array_equal(y, x * 2.0)
+        np.testing.assert_array_equal(s, x.sum(axis=1, keepdims=True))
+        assert result.batch_size == 7
+    assert threading.get_ident() not in run.threads  # inference ran off the event loop thread
+
+
+def test_max_batch_size_splits_batches_in_arrival_order():
+    run = Recorder()
+    batcher = make(run, max_batch_size=4)
+
+    async def main():
+        xs = [np.full((n, 3), i, dtype=np.float32) for i, n in enumerate((3, 2, 2, 1))]
+        return await asyncio.gather(*(batcher.submit({"x": x}, len(x), ["y"]) for x in xs))
+
+    results = asyncio.run(main())
+    assert run.batches == [3, 4, 1]  # the 2 does not fit beside the 3; 2 + 2 fill a batch
+    assert [r.outputs[0][0, 0] for r in results] == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_requests_with_different_sample_shapes_never_share_a_batch():
+    seen: list[tuple[int, ...]] = []
+
+    def run(inputs, names):
+        seen.append(inputs["x"].shape)
+        return [inputs["x"] * 2.0 for _ in names]
+
+    batcher = Batcher(run, policy(), ["y"], name="dyn/1")
+
+    async def main():
+        a, b = np.ones((1, 3), np.float32), np.ones((1, 5), np.float32)
+        return await asyncio.gather(
+            batcher.submit({"x": a}, 1, ["y"]),
+            batcher.submit({"x": b}, 1, ["y"]),
+            batcher.submit({"x": a}, 1, ["y"]),
+        )
+
+    results = asyncio.run(main())
+    assert [r.outputs[0].shape for r in results] == [(1, 3), (1, 5), (1, 3)]
+    assert (1, 5) in seen
+    assert all(shape[1] in (3, 5) for shape in seen)
+
+
+def test_zero_delay_runs_a_lone_request_at_once():
+    run = Recorder()
+    batcher = make(run, max_queue_delay_s=0.0)
+
+    async def main():
+        start = time.perf_counter()
+        result = await batcher.submit({"x": np.ones((1, 3), np.float32)}, 1, ["y"])
+        return result, time.perf_counter() - start
+
+    result, elapsed = asyncio.run(main())
+    assert result.queue_s < 0.05
+    assert elapsed < 1.0  # not waiting for company that never comes (the delay is 0)
+
+
+def test_a_poisoned_request_fails_alone_and_its_batch_neighbours_succeed():
+    run = Recorder(poison=-7.0)
+    batcher = make(run)
+
+    async def main():
+        good_a = np.ones((1, 3), np.float32)
+        bad = np.full((1, 3), -7.0, np.float32)
+        good_b = np.full((2, 3), 3.0, np.float32)
+        return await asyncio.gather(
+            batcher.submit({"x": good_a}, 1, ["y"]),
+            batcher.submit({"x": bad}, 1, ["y"]),
+            batcher.submit({"x": good_b}, 2, ["y"]),
+            return_exceptions=True,
+        )
+
+    ok_a, failed, ok_b = asyncio.run(main())
+    assert isinstance(failed, InferenceFailed)
+    assert "poisoned input" in failed.message
+    np.testing.assert_array_equal(ok_a.outputs[0], np.full((1, 3), 2.0))
+    np.testing.assert_array_equal(ok_b.outputs[0], np.full((2, 3), 6.0))
+    assert run.batches[0] == 4  # they were batched together first, then retried one by one
+
+
+def test_every_waiter_of_a_failed_batch_gets_the_failure():
+    def broken(inputs, names):
+        raise RuntimeError("session crashed")
+
+    batcher = Batcher(broken, policy(), ["y"], name="broken/1")
+
+    async def main():
+        x = np.ones((1, 3), np.float32)
+        return await asyncio.gather(
+            *(batcher.submit({"x": x}, 1, ["y"]) for _ in range(3)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, InferenceFailed) for r in results)
+    assert all("session crashed" in r.message for r in results)
+
+
+def test_a_model_that_drops_the_batch_axis_is_an_inference_failure():
+    batcher = Batcher(lambda inputs, names: [np.zeros((1, 2))], policy(), ["y"], name="m/1")
+
+    async def main():
+        return await batcher.submit({"x": np.ones((3, 3), np.float32)}, 3, ["y"])
+
+    with pytest.raises(InferenceFailed, match="does not keep the batch axis"):
+        asyncio.run(main())
+
+
+def test_full_queue_is_refused_at_once_with_retry_after():
+    run = Recorder(delay_s=0.3)
+    batcher = make(run, max_queue_size=2, max_queue_delay_s=0.0)
+
+    async def main():
+        x = np.ones((1, 3), np.float32)
+        first = asyncio.ensure_future(batcher.submit({"x": x}, 1, ["y"]))
+        await asyncio.sleep(0.05)  # running now: the queue is empty again
+        queued = [asyncio.ensure_future(batcher.submit({"x": x}, 1, ["y"])) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert batcher.queued == 2
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit({"x": x}, 1, ["y"])
+        await asyncio.gather(first, *queued)
+        return refused.value
+
+    refused = asyncio.run(main())
+    assert refused.status == 503
+    assert refused.headers == {"Retry-After": "1"}
+
+
+def test_a_request_that_waits_too_long_in_the_queue_times_out_and_others_go_on():
+    run = Recorder(delay_s=0.4)
+    batcher = make(run, max_queue_delay_s=0.0, queue_timeout_s=0.1, max_batch_size=1)
+
+    async def main():
+        x = np.ones((1, 3), np.float32)
+        first = asyncio.ensure_future(batcher.submit({"x": x}, 1, ["y"]))
+        await asyncio.sleep(0.02)
+        start = time.perf_counter()
+        with pytest.raises(QueueTimeout, match="waited 100 ms in the queue"):
+            await batcher.submit({"x": x}, 1, ["y"])
+        waited = time.perf_counter() - start
+        done = await first  # the running one was not cut short by the timer
+        later = await batcher.submit({"x": x}, 1, ["y"], timeout_s=5.0)
+        return waited, done, later
+
+    waited, done, later = asyncio.run(main())
+    assert 0.08 < waited < 0.35  # answered at its timeout, not when the worker got to it
+    assert done.outputs[0].shape == (1, 3)
+    assert later.outputs[0].shape == (1, 3)
+    assert run.batches == [1, 1]  # the timed-out request never ran
+
+
+def test_close_answers_queued_requests_503_and_drain_waits_for_work():
+    run = Recorder(delay_s=0.2)
+    batcher = make(run, max_queue_delay_s=0.0, max_batch_size=1)
+
+    async def main():
+        x = np.ones((1, 3), np.float32)
+        first = asyncio.ensure_future(batcher.submit({"x": x}, 1, ["y"]))
+        await asyncio.sleep(0.02)
+        assert not await batcher.drain(0.05)  # still running
+        assert await batcher.drain(2.0)
+        await first
+        second = asyncio.ensure_future(batcher.submit({"x": x}, 1, ["y"]))
+        third = asyncio.ensure_future(batcher.submit({"x": x}, 1, ["y"]))
+        await asyncio.sleep(0.02)
+        await batcher.close()
+        results = await asyncio.gather(second, third, return_exceptions=True)
+        with pytest.raises(Unavailable):
+            await batcher.submit({"x": x}, 1, ["y"])
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, Unavailable) and r.status == 503 for r in results)
+
+
+def test_batched_results_equal_unbatched_results_on_a_real_export(digits_repository: Path):
+    (entry,) = scan_repository(digits_repository)
+    model = load_model(
+        entry, Settings(provider="cpu", intra_op_threads=1), ["CPUExecutionProvider"]
+    )
+    sizes: list[int] = []
+    batcher = Batcher(
+        model.run,
+        policy(max_batch_size=64, max_queue_delay_s=0.1),
+        ["logits"],
+        name="digits/1",
+        on_batch=lambda samples, _compute: sizes.append(samples),
+    )
+    rng = np.random.default_rng(3)
+    requests = [
+        (rng.uniform(0, 16, size=(n, 1, 8, 8))).astype(np.float32) for n in (1, 3, 2, 1, 5, 1)
+    ]
+
+    async def main():
+        return await asyncio.gather(
+            *(batcher.submit({"input": x}, len(x), ["logits"]) for x in requests)
+        )
+
+    results = asyncio.run(main())
+    assert sizes == [13]  # all six requests ran as one batch
+    for x, result in zip(requests, results, strict=True):
+        (alone,) = model.run({"input": x}, ["logits"])
+        np.testing.assert_allclose(result.outputs[0], alone, rtol=RTOL, atol=ATOL)
