@@ -336,8 +336,8 @@ def test_functional_batch_norm_on_buffers_is_frozen():
     assert sum(isinstance(m, FrozenAffine) for m in frozen.modules()) == 1
 
 
-class DataDependent(nn.Module):
-    """Python control flow on tensor values: torch.fx cannot trace it."""
+class ShapeDependent(nn.Module):
+    """Python control flow on a shape: torch.fx cannot trace it (torch.export can)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -346,13 +346,13 @@ class DataDependent(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(x))
-        if float(y.abs().max()) > 1e9:
-            return y * 0
+        if y.shape[-1] > 100:
+            return y[..., :100]
         return y
 
 
 def test_untraceable_model_has_every_batch_norm_frozen():
-    _, report = _check_equal(_randomized(DataDependent(), 17), torch.randn(2, 3, 6, 6))
+    _, report = _check_equal(_randomized(ShapeDependent(), 17), torch.randn(2, 3, 6, 6))
     assert not report.traced
     assert report.frozen_affine == 1
     assert report.folded == {}

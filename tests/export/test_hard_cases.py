@@ -297,6 +297,19 @@ def test_model_in_train_mode_exports_eval_function_and_is_left_exactly_as_it_was
     assert not np.allclose(got, train_out, rtol=1e-2, atol=1e-2)
 
 
+def test_model_torch_fx_cannot_trace_is_frozen_and_still_exported():
+    from tests.export.test_freeze import ShapeDependent
+
+    model = _randomized(ShapeDependent(), 14)
+    x = torch.randn(40, 3, 6, 6, generator=torch.Generator().manual_seed(15))
+    result = export_module(model, x)
+    _assert_proven(result)
+    assert not result.freeze.traced
+    assert result.freeze.frozen_affine == 1
+    assert any("cannot trace" in w for w in result.freeze.warnings)
+    _assert_matches_eager(result, model, x[:7])
+
+
 def test_batch_norm_without_running_stats_is_refused_before_anything_is_exported():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
     with pytest.raises(ExportError, match=r"track_running_stats=False.*depends on the other"):
