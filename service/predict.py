@@ -1,10 +1,11 @@
 """The KServe V1 view: ``{"instances": [...]}`` in, ``{"predictions": [...]}`` out.
 
 Each instance is one sample: a nested list for a single-input model, or an object mapping every
-input name to its nested list. For a model with labels and one ``[N, classes]`` output, each
-prediction is the top-k view: the best label, its probability, and the ``top_k`` best
-(probabilities are the output itself when its rows already are distributions, else its
-softmax). Otherwise each prediction is the output row (one output) or an object of rows.
+input name to its nested list. For a model with labels, the first output of shape
+``[N, len(labels)]`` gives each prediction its top-k view: the best label, its probability, and
+the ``top_k`` best (probabilities are the output itself when its rows already are
+distributions, else its softmax). Otherwise each prediction is the output row (one output) or
+an object of rows.
 """
 
 from __future__ import annotations
@@ -98,16 +99,17 @@ def encode_predictions(model: LoadedModel, outputs: list[np.ndarray], top_k: int
     config = model.config
     specs = config.outputs
     labels = config.labels
-    if labels and len(specs) == 1 and outputs[0].ndim == 2 and outputs[0].shape[1] == len(labels):
-        predictions: list[Any] = _top_k_view(outputs[0], labels, top_k)
+    scored = next(
+        (o for o in outputs if labels and o.ndim == 2 and o.shape[1] == len(labels)), None
+    )
+    if scored is not None:
+        predictions: list[Any] = _top_k_view(scored, labels, top_k)  # type: ignore[arg-type]
     elif len(specs) == 1:
         predictions = outputs[0].tolist()
     else:
-        rows = [
-            dict(zip([s.name for s in specs], values, strict=True))
-            for values in zip(*[o.tolist() for o in outputs], strict=True)
-        ]
-        predictions = rows
+        names = [s.name for s in specs]
+        columns = [o.tolist() for o in outputs]
+        predictions = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
     return {
         "model_name": model.name,
         "model_version": str(model.version),
