@@ -23,6 +23,13 @@ FROM ${PYTHON_IMAGE} AS serve-deps
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
+# binutils (for `strip`, below) lives in this build stage only. Its version is the one the base
+# image's Debian release carries; pinning it here would break the build whenever that release's
+# archive moves, so the base image tag is the pin.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -35,12 +42,14 @@ COPY service/ service/
 COPY models/ models/
 COPY export/ export/
 # The project itself, without resolving anything again; then prove the environment is whole and
-# drop what the server never needs: the installers and the packages' own test suites (numpy's
-# alone are 17 MB).
+# drop what the server never needs: the installers, the packages' own test suites (numpy's alone
+# are 17 MB) and the debug sections of compiled extensions (uvloop ships 12 MB of them; code and
+# symbols stay). Libraries that auditwheel vendored into *.libs folders are left untouched.
 RUN pip install --no-cache-dir --no-deps -c constraints.txt . \
     && pip check \
     && pip uninstall --yes pip setuptools \
-    && find /opt/venv -type d -name tests -prune -exec rm -rf {} +
+    && find /opt/venv -type d -name tests -prune -exec rm -rf {} + \
+    && find /opt/venv -type f -name '*.so*' -not -path '*.libs/*' -exec strip --strip-debug {} +
 
 # ---------------------------------------------------------------------------------------------
 # serve: the default image. No torch: onnxruntime, numpy, fastapi, uvicorn, pydantic.
