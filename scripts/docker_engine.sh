@@ -68,7 +68,11 @@ cmd_start() {
 	# A unix socket path longer than 107 bytes cannot be bound.
 	((${#sock} < 100)) || die "engine folder path too long for a socket: $dir"
 	if ip link show "$BRIDGE" >/dev/null 2>&1; then
-		die "network link $BRIDGE exists: another engine runs here (stop it first)"
+		# Left behind by an engine that was killed: no dockerd runs, so nothing owns it.
+		if pgrep -x dockerd >/dev/null 2>&1; then
+			die "network link $BRIDGE exists and a dockerd runs: stop that engine first"
+		fi
+		ip link del "$BRIDGE" || die "cannot remove the stale network link $BRIDGE"
 	fi
 	dockerd --storage-driver=overlay2 --iptables=false --ip-forward=false --ip-masq=false \
 		--bip "$BRIDGE_IP" --host "unix://$sock" --data-root "$dir/root" \
