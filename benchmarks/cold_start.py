@@ -157,14 +157,14 @@ def measure(ctx: Context) -> dict[str, Any]:
         "targets": [
             Target(
                 name="cold start to ready, default model",
-                goal=f"<= {TARGET_READY_S} s",
+                goal=f"≤ {TARGET_READY_S} s",
                 value=round(ready, 3),
                 unit="s",
                 met=ready <= TARGET_READY_S,
             ).to_dict(),
             Target(
                 name="serving process peak RSS, default model, after traffic",
-                goal=f"<= {TARGET_RSS_MIB:.0f} MiB",
+                goal=f"≤ {TARGET_RSS_MIB:.0f} MiB",
                 value=round(peak, 1),
                 unit="MiB",
                 met=peak <= TARGET_RSS_MIB,

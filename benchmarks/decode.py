@@ -128,7 +128,7 @@ def measure(ctx: Context) -> dict[str, Any]:
         targets.append(
             Target(
                 name=f"{kind} decode, 1x3x224x224 FP32",
-                goal=f"<= {limit} ms",
+                goal=f"≤ {limit} ms",
                 value=None if value is None else round(value, 4),
                 unit="ms",
                 met=None if value is None else value <= limit,

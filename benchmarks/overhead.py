@@ -5,7 +5,8 @@ the CIFAR ResNet.
 Interleaved per round: the bare session (in this process), the same call hopped to a worker
 thread and awaited from an event loop (what the batcher does), each body kind against a server
 with quiet logs, the primary body against a server with the shipped default logging (access log
-on), ``GET /v2/health/live`` (the HTTP stack with no inference), and the same request bytes
+on), ``GET /v2/health/live`` (the HTTP stack with no inference), uvicorn running a raw ASGI
+app that only answers (the server's own floor), and the same request bytes
 against a trivial echo server (the floor of this client plus loopback TCP, which is in every
 end-to-end figure but is not the server's). Then the server's own statistics split a request
 into decode, queue, compute and encode.
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.asgi_floor import uvicorn_floor_process
 from benchmarks.bare import load_served_model
 from benchmarks.bench_models import find_cifar_resnet
 from benchmarks.charts import COLORS, figure, save
@@ -95,6 +97,7 @@ def _measure_model(
         **{kind: HttpProbe(conns["lean"], body) for kind, body in bodies.items()},
         f"{primary}, default logging": HttpProbe(conns["default"], bodies[primary]),
         "GET /v2/health/live": HttpProbe(conns["lean"], live),
+        "uvicorn + raw ASGI app": HttpProbe(conns["asgi"], bodies[primary]),
         "loopback floor": HttpProbe(conns["echo"], bodies[primary]),
     }
     for probe in probes.values():
@@ -125,8 +128,11 @@ def _measure_model(
         },
         "breakdown_ms": {
             "client + loopback TCP (echo server)": _diff(samples["loopback floor"], None),
-            "HTTP stack, no inference (live - echo)": _diff(
-                samples["GET /v2/health/live"], samples["loopback floor"]
+            "uvicorn itself (raw ASGI - echo)": _diff(
+                samples["uvicorn + raw ASGI app"], samples["loopback floor"]
+            ),
+            "app stack, no inference (live - raw ASGI)": _diff(
+                samples["GET /v2/health/live"], samples["uvicorn + raw ASGI app"]
             ),
             "worker-thread hop (hop - bare)": _diff(samples["bare + executor hop"], bare),
         },
@@ -157,7 +163,9 @@ def measure(ctx: Context) -> dict[str, Any]:
             running_server(repository, logs / "overhead-default.log", env=env_for(DEFAULT_LOGGING))
         )
         echo_port = stack.enter_context(echo_process())
+        asgi_port = stack.enter_context(uvicorn_floor_process())
         conns = {
+            "asgi": stack.enter_context(HttpConnection(HOST, asgi_port)),
             "lean": stack.enter_context(HttpConnection(HOST, lean.port)),
             "default": stack.enter_context(HttpConnection(HOST, default.port)),
             "echo": stack.enter_context(HttpConnection(HOST, echo_port)),

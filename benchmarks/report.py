@@ -122,9 +122,10 @@ def _decode(bench: dict[str, Any]) -> list[str]:
     t = bench["config"]["tensor"]
     dec, e2e = bench["decode_ms"], bench["end_to_end_ms"]
     shape = "x".join(map(str, t["shape"]))
+    sizes = ", ".join(f"{k} {v:,} B" for k, v in bench["config"]["body_bytes"].items())
     lines = [
-        f"A {shape} {t['datatype']} tensor ({t['bytes'] / 2**20:.2f} MiB); "
-        f"body bytes: {bench['config']['body_bytes']}. Milliseconds, median (min-max).",
+        f"A {shape} {t['datatype']} tensor ({t['bytes'] / 2**20:.2f} MiB); request bodies: "
+        f"{sizes}. Milliseconds, median (min-max).",
         "",
         "| | JSON | binary | bare session.run |",
         "|---|---:|---:|---:|",
@@ -177,6 +178,22 @@ def _gpu(bench: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ceiling(bench: dict[str, Any]) -> list[str]:
+    rtt = bench["sequential_round_trip_ms"]
+    lines = [
+        f"Against {bench['config']['server']}: sequential round trip {_ms(rtt)} ms.",
+        "",
+        "| connections | requests/s | client CPU per request, µs |",
+        "|---:|---:|---:|",
+    ]
+    for run in bench["closed_loop"]:
+        lines.append(
+            f"| {run['concurrency']} | {run['throughput_rps']:.0f} | "
+            f"{run['client_cpu_us_per_request']:.0f} |"
+        )
+    return lines
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "compute": ("Model compute", _compute),
     "overhead": ("Serving overhead", _overhead),
@@ -184,6 +201,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "decode": ("Payload decode", _decode),
     "cold_start": ("Cold start and memory", _cold),
     "gpu": ("GPU", _gpu),
+    "loadgen_ceiling": ("Load generator ceiling", _ceiling),
 }
 
 
@@ -212,7 +230,12 @@ def render(results: Path, image_prefix: str) -> str:
         lines += ["", f"#### {title}", ""]
         if (results / f"{name}.png").exists():
             lines += [f"![{title}]({image_prefix}{name}.png)", ""]
-        lines += render_section(data[name])
+        try:
+            lines += render_section(data[name])
+        except (KeyError, TypeError, IndexError) as exc:
+            lines.append(
+                f"({name}.json is from an older version of the script ({exc!r}): rerun it)"
+            )
     return "\n".join(lines) + "\n"
 
 

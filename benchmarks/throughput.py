@@ -165,7 +165,7 @@ def measure(ctx: Context) -> dict[str, Any]:
             targets.append(
                 Target(
                     name=f"{resnet} throughput, batching on, {TARGET_CONCURRENCY} clients",
-                    goal=f">= {TARGET_RATIO}x bare ORT at batch {TARGET_CONCURRENCY}",
+                    goal=f"≥ {TARGET_RATIO}x bare ORT at batch {TARGET_CONCURRENCY}",
                     value=round(ratio, 3),
                     unit="x bare",
                     met=ratio >= TARGET_RATIO,
