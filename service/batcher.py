@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,17 @@ class BatchResult:
 
 
 class _Item:
-    __slots__ = ("enqueued", "future", "inputs", "key", "outputs", "samples", "timer", "waiting")
+    __slots__ = (
+        "arrived",
+        "enqueued",
+        "future",
+        "inputs",
+        "key",
+        "outputs",
+        "samples",
+        "timer",
+        "waiting",
+    )
 
     def __init__(
         self,
@@ -67,7 +78,8 @@ class _Item:
         self.outputs = outputs
         self.samples = samples
         self.future = future
-        self.enqueued = enqueued
+        self.enqueued = enqueued  # loop clock, for deadlines (uvloop's ticks in milliseconds)
+        self.arrived = time.perf_counter()  # for the reported queue time
         # Requests batch together only when every non-batch dimension agrees.
         self.key = tuple((name, a.shape[1:]) for name, a in inputs.items())
         self.timer: asyncio.TimerHandle | None = None
@@ -231,7 +243,7 @@ class Batcher:
     async def _execute(self, items: list[_Item]) -> None:
         loop = self._loop
         assert loop is not None
-        started = loop.time()
+        started = time.perf_counter()
         for item in items:
             self._leave_queue(item)
         names = [n for n in self._output_order if any(n in item.outputs for item in items)]
@@ -244,7 +256,9 @@ class Batcher:
             }
         samples = sum(item.samples for item in items)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_checked, inputs, names)
+            outputs, compute = await loop.run_in_executor(
+                self._executor, self._run_checked, inputs, names
+            )
         except Exception as exc:
             if len(items) == 1:
                 self._fail(items, exc)
@@ -258,7 +272,6 @@ class Batcher:
             for item in items:
                 await self._execute([item])
             return
-        compute = loop.time() - started
         if self._on_batch is not None:
             self._on_batch(samples, compute)
         by_name = dict(zip(names, outputs, strict=True))
@@ -267,22 +280,25 @@ class Batcher:
             end = offset + item.samples
             if not item.future.done():
                 share = [by_name[n][offset:end] for n in item.outputs]
-                item.future.set_result(
-                    BatchResult(share, started - item.enqueued, compute, samples)
-                )
+                item.future.set_result(BatchResult(share, started - item.arrived, compute, samples))
             offset = end
 
-    def _run_checked(self, inputs: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-        """Runs on the version's thread; outputs must keep the batch's row count."""
+    def _run_checked(
+        self, inputs: dict[str, np.ndarray], names: list[str]
+    ) -> tuple[list[np.ndarray], float]:
+        """Runs on the version's thread: the outputs (which must keep the batch's row count)
+        and the seconds the model took."""
         samples = next(iter(inputs.values())).shape[0]
+        start = time.perf_counter()
         outputs = self._run(inputs, names)
+        seconds = time.perf_counter() - start
         for name, array in zip(names, outputs, strict=True):
             if array.ndim == 0 or array.shape[0] != samples:
                 raise InferenceFailed(
                     f"{self._name}: output {name!r} has shape {list(array.shape)} for a batch "
                     f"of {samples}; the model does not keep the batch axis"
                 )
-        return outputs
+        return outputs, seconds
 
     def _fail(self, items: list[_Item], exc: BaseException) -> None:
         if not isinstance(exc, ServeError):

@@ -158,6 +158,11 @@ def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) ->
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         raise RepositoryError(f"{where}: ONNX Runtime cannot load model.onnx: {exc}") from exc
+    if settings.provider == "cuda" and CUDA not in session.get_providers():
+        raise RepositoryError(
+            f"{where}: provider 'cuda' requested but ONNX Runtime fell back to "
+            f"{session.get_providers()} (CUDA or cuDNN libraries missing?)"
+        )
     _check_graph(config, session, where)
     model = LoadedModel(config=config, session=session, providers=tuple(session.get_providers()))
     try:

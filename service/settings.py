@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LogFormat", "Provider", "Settings"]
+__all__ = ["LogFormat", "Provider", "Settings", "settings_table"]
 
 Provider = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
@@ -90,3 +90,16 @@ class Settings(BaseSettings):
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the server and its access log."""
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as README's serving section lists them."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else str(default)
+        if isinstance(default, bool):
+            shown = str(default).lower()
+        doc = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `NORMSERVE_{name.upper()}` | `{shown}` | {doc} |")
+    return "\n".join(rows)
