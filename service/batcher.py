@@ -1,15 +1,19 @@
 """Dynamic batching for one model version.
 
-Requests queue; one worker task takes the oldest, then gathers more that are already queued (or
-arrive within ``max_queue_delay_s`` of the oldest) until ``max_batch_size`` samples, concatenates
-them along axis 0, runs the batch off the event loop on the version's own thread, and splits the
-outputs back, one future per request. A failure reaches every waiter of the failed batch and no
-one else: a batch of several requests that fails is retried one request at a time, so one
-poisonous request cannot fail its neighbours.
+Requests queue. When no batch is running, the batcher takes the oldest request plus those
+queued behind it that fit (same non-batch shapes, at most ``max_batch_size`` samples), waiting
+until ``max_queue_delay_s`` after the oldest arrived for more to join unless the batch is
+already full. The batch goes to the version's own thread, which concatenates the inputs along
+axis 0, runs the model and slices the outputs back, one future per request. A failure reaches
+every waiter of the failed batch and no one else: a batch of several requests that fails is
+retried one request at a time on that thread, so one poisonous request cannot fail its
+neighbours.
 
 Overload is a typed error: a full queue raises ``QueueFull`` (503 with ``Retry-After``) at once;
-a request still queued after its timeout gets ``QueueTimeout`` (504). Every asyncio object is
-created inside the running loop, on first use.
+a request still queued after its timeout gets ``QueueTimeout`` (504). The hot path has no task
+and no event: ``submit`` dispatches directly when the model is idle, and the thread's result
+comes back with one ``call_soon_threadsafe``. Loop objects (futures, timers) are created inside
+the running loop.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,9 +90,26 @@ class _Item:
         self.timer: asyncio.TimerHandle | None = None
         self.waiting = True  # counted in the queue depth
 
+    @property
+    def live(self) -> bool:
+        return self.waiting and not self.future.done()
+
+
+# What the thread hands back for each request: its outputs by name, or its failure.
+_Outcome = dict[str, np.ndarray] | BaseException
+
+
+@dataclass(frozen=True)
+class _Job:
+    loop: asyncio.AbstractEventLoop
+    items: list[_Item]
+    inputs: list[dict[str, np.ndarray]]
+    names: list[str]
+    started: float
+
 
 class Batcher:
-    """The queue and worker of one model version; ``submit`` is its only hot-path call."""
+    """The queue and thread of one model version; ``submit`` is its only hot-path call."""
 
     def __init__(
         self,
@@ -107,13 +129,12 @@ class Batcher:
         self._retry_after_s = retry_after_s
         self._pending: deque[_Item] = deque()
         self._queued = 0
-        self._busy = False
         self._running: list[_Item] = []
         self._closed = False
-        self._wake: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._delay_timer: asyncio.TimerHandle | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     @property
     def queued(self) -> int:
@@ -123,12 +144,7 @@ class Batcher:
     @property
     def busy(self) -> bool:
         """A batch is running now."""
-        return self._busy
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._wake = asyncio.Event()
-        self._worker = loop.create_task(self._work(), name=f"batcher-{self._name}")
+        return bool(self._running)
 
     async def submit(
         self,
@@ -147,19 +163,27 @@ class Batcher:
                 retry_after_s=self._retry_after_s,
             )
         loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._worker is None or self._worker.done():
-            self._start(loop)
+        if loop is not self._loop:
+            self._loop = loop
+            self._delay_timer = None
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve_jobs, name=f"ort-{self._name}", daemon=True
+            )
+            self._thread.start()
         timeout = self.policy.queue_timeout_s if timeout_s is None else timeout_s
         item = _Item(inputs, outputs, samples, loop.create_future(), loop.time())
         item.timer = loop.call_later(timeout, self._expire, item, timeout)
         self._pending.append(item)
         self._queued += 1
-        self._wake.set()  # type: ignore[union-attr]
+        self._dispatch()
         try:
             return await item.future
         except asyncio.CancelledError:
             self._leave_queue(item)
             raise
+
+    # -- on the event loop --------------------------------------------------------------------
 
     def _leave_queue(self, item: _Item) -> None:
         if item.waiting:
@@ -169,7 +193,7 @@ class Batcher:
                 item.timer.cancel()
 
     def _expire(self, item: _Item, timeout_s: float) -> None:
-        if item.waiting and not item.future.done():
+        if item.live:
             self._leave_queue(item)
             item.future.set_exception(
                 QueueTimeout(
@@ -178,157 +202,166 @@ class Batcher:
                 )
             )
 
-    def _pop_live(self) -> _Item | None:
-        while self._pending:
-            item = self._pending.popleft()
-            if item.waiting and not item.future.done():
-                return item
-        return None
-
-    def _peek_live(self) -> _Item | None:
-        while self._pending:
-            item = self._pending[0]
-            if item.waiting and not item.future.done():
-                return item
-            self._pending.popleft()
-        return None
-
-    async def _collect(self) -> list[_Item]:
-        """The next batch: the oldest request plus what joins it within the delay."""
-        wake = self._wake
-        assert wake is not None
-        assert self._loop is not None
-        while (first := self._pop_live()) is None:
-            wake.clear()
-            await wake.wait()
-        batch, samples = [first], first.samples
-        deadline = first.enqueued + self.policy.max_queue_delay_s
-        while samples < self.policy.max_batch_size:
-            following = self._peek_live()
-            if following is None:
-                remaining = deadline - self._loop.time()
-                if remaining <= 0:
+    def _dispatch(self) -> None:
+        """Start the next batch if none is running and one is due (full, or its wait is up)."""
+        if self._running or self._closed:
+            return
+        pending = self._pending
+        while pending and not pending[0].live:
+            pending.popleft()
+        if not pending:
+            return
+        first = pending[0]
+        batch: list[_Item] = []
+        samples, consumed, blocked = 0, 0, False
+        for item in pending:
+            if item.live:
+                if item.key != first.key or samples + item.samples > self.policy.max_batch_size:
+                    blocked = True  # keep FIFO order: it opens the next batch
                     break
-                wake.clear()
-                try:
-                    await asyncio.wait_for(wake.wait(), remaining)
-                except TimeoutError:
+                batch.append(item)
+                samples += item.samples
+                if samples >= self.policy.max_batch_size:
+                    consumed += 1
                     break
-                continue
-            if (
-                following.key != first.key
-                or samples + following.samples > self.policy.max_batch_size
-            ):
-                break  # keep FIFO order: it opens the next batch
-            self._pending.popleft()
-            batch.append(following)
-            samples += following.samples
-        return batch
-
-    async def _work(self) -> None:
-        while True:
-            batch = await self._collect()
-            live = [item for item in batch if not item.future.done()]
-            if not live:
-                continue
-            self._busy, self._running = True, live
-            try:
-                await self._execute(live)
-            except Exception as exc:  # a bug here must not strand waiters or stop the worker
-                log.exception("%s: batch failed unexpectedly", self._name)
-                self._fail(live, exc)
-            finally:
-                self._busy, self._running = False, []
-
-    async def _execute(self, items: list[_Item]) -> None:
+            consumed += 1
         loop = self._loop
         assert loop is not None
-        started = time.perf_counter()
-        for item in items:
+        deadline = first.enqueued + self.policy.max_queue_delay_s
+        if not blocked and samples < self.policy.max_batch_size and loop.time() < deadline:
+            if self._delay_timer is None:
+                self._delay_timer = loop.call_at(deadline, self._delay_over)
+            return
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        for _ in range(consumed):
+            pending.popleft()
+        for item in batch:
             self._leave_queue(item)
-        names = [n for n in self._output_order if any(n in item.outputs for item in items)]
-        if len(items) == 1:
-            inputs = items[0].inputs
-        else:
-            inputs = {
-                name: np.concatenate([item.inputs[name] for item in items])
-                for name in items[0].inputs
-            }
-        samples = sum(item.samples for item in items)
+        names = [n for n in self._output_order if any(n in item.outputs for item in batch)]
+        self._running = batch
+        self._jobs.put(
+            _Job(loop, batch, [item.inputs for item in batch], names, time.perf_counter())
+        )
+
+    def _delay_over(self) -> None:
+        self._delay_timer = None
+        self._dispatch()
+
+    def _finish(self, job: _Job, outcomes: list[_Outcome], compute: float) -> None:
+        """Back on the loop: hand each request its share, then start the next batch."""
+        if self._running is job.items:
+            self._running = []
+        samples = sum(item.samples for item in job.items)
+        if self._on_batch is not None and not all(isinstance(o, BaseException) for o in outcomes):
+            self._on_batch(samples, compute)
+        for item, outcome in zip(job.items, outcomes, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(
+                    BatchResult(
+                        [outcome[n] for n in item.outputs],
+                        job.started - item.arrived,
+                        compute,
+                        samples,
+                    )
+                )
+        self._dispatch()
+
+    # -- on the version's thread -------------------------------------------------------------
+
+    def _serve_jobs(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                outcomes, compute = self._execute(job)
+            except BaseException as exc:  # a bug here must not strand the waiters
+                log.exception("%s: batch failed unexpectedly", self._name)
+                outcomes, compute = [exc] * len(job.items), 0.0
+            # RuntimeError: the loop closed while the batch ran, so nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(self._finish, job, outcomes, compute)
+
+    def _execute(self, job: _Job) -> tuple[list[_Outcome], float]:
+        inputs = job.inputs[0] if len(job.inputs) == 1 else _concatenate(job.inputs)
+        start = time.perf_counter()
         try:
-            outputs, compute = await loop.run_in_executor(
-                self._executor, self._run_checked, inputs, names
-            )
+            outputs = self._run_checked(inputs, job.names)
         except Exception as exc:
-            if len(items) == 1:
-                self._fail(items, exc)
-                return
+            if len(job.inputs) == 1:
+                return [self._failure(exc)], time.perf_counter() - start
             log.warning(
                 "%s: a batch of %d requests failed (%s); retrying them one by one",
                 self._name,
-                len(items),
+                len(job.inputs),
                 exc,
             )
-            for item in items:
-                await self._execute([item])
-            return
-        if self._on_batch is not None:
-            self._on_batch(samples, compute)
-        by_name = dict(zip(names, outputs, strict=True))
+            outcomes: list[_Outcome] = []
+            for alone in job.inputs:
+                try:
+                    outcomes.append(
+                        dict(zip(job.names, self._run_checked(alone, job.names), strict=True))
+                    )
+                except Exception as single:
+                    outcomes.append(self._failure(single))
+            return outcomes, time.perf_counter() - start
+        compute = time.perf_counter() - start
+        shares: list[_Outcome] = []
         offset = 0
-        for item in items:
+        for item in job.items:
             end = offset + item.samples
-            if not item.future.done():
-                share = [by_name[n][offset:end] for n in item.outputs]
-                item.future.set_result(BatchResult(share, started - item.arrived, compute, samples))
+            shares.append({n: out[offset:end] for n, out in zip(job.names, outputs, strict=True)})
             offset = end
+        return shares, compute
 
-    def _run_checked(
-        self, inputs: dict[str, np.ndarray], names: list[str]
-    ) -> tuple[list[np.ndarray], float]:
-        """Runs on the version's thread: the outputs (which must keep the batch's row count)
-        and the seconds the model took."""
+    def _run_checked(self, inputs: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """The model's outputs, which must keep the batch's row count."""
         samples = next(iter(inputs.values())).shape[0]
-        start = time.perf_counter()
         outputs = self._run(inputs, names)
-        seconds = time.perf_counter() - start
         for name, array in zip(names, outputs, strict=True):
             if array.ndim == 0 or array.shape[0] != samples:
                 raise InferenceFailed(
                     f"{self._name}: output {name!r} has shape {list(array.shape)} for a batch "
                     f"of {samples}; the model does not keep the batch axis"
                 )
-        return outputs, seconds
+        return outputs
 
-    def _fail(self, items: list[_Item], exc: BaseException) -> None:
-        if not isinstance(exc, ServeError):
-            log.error("%s: inference failed: %s", self._name, exc)
-            exc = InferenceFailed(f"{self._name}: inference failed: {exc}")
-        for item in items:
-            self._leave_queue(item)
-            if not item.future.done():
-                item.future.set_exception(exc)
+    def _failure(self, exc: Exception) -> ServeError:
+        if isinstance(exc, ServeError):
+            return exc
+        log.error("%s: inference failed: %s", self._name, exc)
+        return InferenceFailed(f"{self._name}: inference failed: {exc}")
+
+    # -- lifecycle ------------------------------------------------------------------------------
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until nothing is queued or running; False when ``timeout_s`` ran out first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._queued or self._busy:
+        while self._queued or self._running:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.01)
         return True
 
     async def close(self) -> None:
-        """Stop the worker; anything still queued is answered 503."""
+        """Stop the thread; anything queued or running is answered 503."""
         self._closed = True
-        running = self._running
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
         gone = Unavailable(f"{self._name} was unloaded", retry_after_s=self._retry_after_s)
-        self._fail(running, gone)
-        while (item := self._pop_live()) is not None:
-            self._fail([item], gone)
-        self._executor.shutdown(wait=False)
+        for item in [*self._running, *self._pending]:
+            self._leave_queue(item)
+            if not item.future.done():
+                item.future.set_exception(gone)
+        self._running = []
+        self._pending.clear()
+        self._jobs.put(None)
+
+
+def _concatenate(inputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([one[name] for one in inputs]) for name in inputs[0]}

@@ -250,7 +250,7 @@ def _flag(value: object, field: str) -> bool:
 def _requested_outputs(
     raw: object, model: LoadedModel, binary_default: bool
 ) -> list[OutputRequest]:
-    if raw is None:
+    if raw is None or raw == []:  # none named: every output, in the model's order
         return [OutputRequest(spec.name, binary_default) for spec in model.config.outputs]
     if not isinstance(raw, list):
         raise BadRequest('outputs: expected a list of {"name": ...} objects')

@@ -28,6 +28,7 @@ __all__ = [
     "RepositoryError",
     "TensorSpec",
     "VersionEntry",
+    "is_model_name",
     "read_entry",
     "scan_model",
     "scan_repository",
@@ -252,6 +253,11 @@ def read_entry(entry: VersionEntry) -> ModelConfig:
         golden_probe=_golden_probe(raw.get("golden_probe"), f"{entry.json_path}: golden_probe"),
         batching=_batching(raw.get("dynamic_batching"), f"{entry.json_path}: dynamic_batching"),
     )
+
+
+def is_model_name(name: str) -> bool:
+    """Letters, digits, ``_ . -``, at most 64, not starting with a separator (no ``..``)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def scan_model(model_dir: Path) -> list[VersionEntry]:

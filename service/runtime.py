@@ -18,7 +18,13 @@ from service.errors import BadRequest, NotFound, Unavailable
 from service.metrics import Metrics
 from service.model import load_model
 from service.providers import select_providers
-from service.repository import RepositoryError, VersionEntry, scan_model, scan_repository
+from service.repository import (
+    RepositoryError,
+    VersionEntry,
+    is_model_name,
+    scan_model,
+    scan_repository,
+)
 from service.servable import Servable, make_servable
 from service.settings import Settings
 from service.store import ModelStore
@@ -50,6 +56,7 @@ class Runtime:
         self._lock: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._scan_errors: dict[str, str] = {}  # logged once per distinct error
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -117,8 +124,11 @@ class Runtime:
         try:
             entries = await asyncio.to_thread(_scan_model, model_dir)
         except RepositoryError as exc:
-            log.error("cannot scan %s: %s", model_dir, exc)
+            if self._scan_errors.get(name) != str(exc):
+                log.error("cannot scan %s: %s", model_dir, exc)
+            self._scan_errors[name] = str(exc)
             return [str(exc)]
+        self._scan_errors.pop(name, None)
         current = dict(self.store.models.get(name, {}))
         serving: list[Servable] = []
         retired: list[Servable] = []
@@ -167,7 +177,7 @@ class Runtime:
 
     async def load(self, name: str) -> None:
         """The load API: (re)load ``name`` from disk; ``BadRequest`` naming any refusal."""
-        if not (self.settings.repository / name).is_dir():
+        if not is_model_name(name) or not (self.settings.repository / name).is_dir():
             raise NotFound(f"model {name[:128]!r} has no directory in the repository")
         self.unloaded.discard(name)
         reasons = await self.reload_model(name, retry_failed=True)

@@ -32,6 +32,7 @@ class DrainingServer(uvicorn.Server):
         self.runtime = runtime
         self._drain_requested = False
         self._deadline: float | None = None
+        self._hard_deadline = 0.0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_requested:
@@ -43,18 +44,17 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self._drain_requested and not self.should_exit:
             now = time.monotonic()
+            total = self.runtime.settings.drain_timeout_s
             if self._deadline is None:
-                total = self.runtime.settings.drain_timeout_s
-                # Keep a little of the budget for closing connections after the drain.
-                self._deadline = now + total - min(1.0, total / 4)
+                self._hard_deadline = now + total
+                # Keep part of the budget for closing connections after the drain.
+                self._deadline = self._hard_deadline - min(1.0, total / 4)
                 self.runtime.begin_drain()
             in_flight = self.runtime.in_flight
             if in_flight == 0 or now >= self._deadline:
                 if in_flight:
                     log.warning("drain timeout: %d request(s) still in flight", in_flight)
-                self.config.timeout_graceful_shutdown = max(
-                    0.1, min(1.0, self.runtime.settings.drain_timeout_s / 4)
-                )
+                self.config.timeout_graceful_shutdown = max(0.1, self._hard_deadline - now - 0.3)
                 self.should_exit = True
         return await super().on_tick(counter)
 

@@ -461,3 +461,10 @@ def test_an_entry_without_a_golden_probe_loads_with_a_note(
         assert c.get("/v2/health/ready").status_code == 200
         assert c.get("/v2/models/affine").json()["parameters"]["golden_probe"] is False
     assert "no golden probe: warm-up only" in caplog.text
+
+
+def test_an_empty_outputs_list_returns_every_output(client: TestClient):
+    x = np.ones((1, 3), np.float32)
+    response = client.post("/v2/models/affine/infer", json=infer_body(x, outputs=[]))
+    assert response.status_code == 200, response.text
+    assert [o["name"] for o in response.json()["outputs"]] == ["y", "z"]

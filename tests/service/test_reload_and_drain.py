@@ -183,7 +183,8 @@ def test_drain_gives_up_at_the_drain_timeout(tmp_path: Path):
         server.proc.wait(timeout=10)
         elapsed = time.monotonic() - signalled
         client.join(timeout=10)
-    assert elapsed < 2.0 + 0.5  # the drain timeout, plus the server's 0.1 s tick and start-up
+    # The drain timeout, plus the interpreter's own exit on a busy two-core machine.
+    assert elapsed < 2.0 + 1.0
     assert "drain timeout: 1 request(s) still in flight" in server.log()
 
 
