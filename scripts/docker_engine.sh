@@ -17,8 +17,10 @@
 # test that needs the engine fails with the engine's own error instead of passing or skipping.
 set -euo pipefail
 
-BRIDGE=docker0
-BRIDGE_IP=172.31.250.1/24
+# Each engine gets a bridge of its own, nsdocker<N> on 172.31.<240+N>.1/24, so that engines of
+# sessions running side by side (two `make test` at once) never share or delete each other's.
+BRIDGE_PREFIX=nsdocker
+BRIDGE_SLOTS=16
 PACKAGES=(docker.io iptables debootstrap docker-compose)
 DEFAULT_BASE_TAG=local/python:3.11-slim
 MARKER=.normserve-docker-engine
@@ -57,6 +59,39 @@ engine_log_tail() {
 	return 0
 }
 
+# The bridge's alias names the engine folder that owns it: a bridge whose folder is gone was left
+# by an engine that was killed, and nothing else can own it. (One with no alias yet is being
+# claimed by a start running right now: left alone.)
+remove_stale_bridges() {
+	local link owner
+	for link in $(ip -o link show type bridge | awk -F': ' '{print $2}' |
+		grep -E "^$BRIDGE_PREFIX[0-9]+$" || true); do
+		owner=$(ip -o link show "$link" | sed -n 's/.* alias \(.*\)$/\1/p')
+		if [[ -n "$owner" && ! -d "$owner" ]]; then
+			ip link del "$link" 2>/dev/null || true
+		fi
+	done
+}
+
+# Create the first free bridge (creating it is the claim: `ip link add` fails when it exists).
+claim_bridge() {
+	local dir=$1 n link
+	for n in $(seq 0 $((BRIDGE_SLOTS - 1))); do
+		link="$BRIDGE_PREFIX$n"
+		if ip link add name "$link" type bridge 2>/dev/null; then
+			if ip link set dev "$link" alias "$dir" &&
+				ip addr add "172.31.$((240 + n)).1/24" dev "$link" &&
+				ip link set dev "$link" up; then
+				echo "$link"
+				return 0
+			fi
+			ip link del "$link" 2>/dev/null
+			return 1
+		fi
+	done
+	return 1
+}
+
 cmd_start() {
 	local dir=${1:?usage: start DIR}
 	command -v dockerd >/dev/null || die "dockerd is not installed: run '$0 deps' first"
@@ -67,15 +102,12 @@ cmd_start() {
 	local sock="$dir/docker.sock"
 	# A unix socket path longer than 107 bytes cannot be bound.
 	((${#sock} < 100)) || die "engine folder path too long for a socket: $dir"
-	if ip link show "$BRIDGE" >/dev/null 2>&1; then
-		# Left behind by an engine that was killed: no dockerd runs, so nothing owns it.
-		if pgrep -x dockerd >/dev/null 2>&1; then
-			die "network link $BRIDGE exists and a dockerd runs: stop that engine first"
-		fi
-		ip link del "$BRIDGE" || die "cannot remove the stale network link $BRIDGE"
-	fi
+	remove_stale_bridges
+	local bridge
+	bridge=$(claim_bridge "$dir") || die "no free bridge: $BRIDGE_SLOTS engines already run here"
+	echo "$bridge" >"$dir/bridge"
 	dockerd --storage-driver=overlay2 --iptables=false --ip-forward=false --ip-masq=false \
-		--bip "$BRIDGE_IP" --host "unix://$sock" --data-root "$dir/root" \
+		--bridge "$bridge" --host "unix://$sock" --data-root "$dir/root" \
 		--exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" >"$dir/dockerd.log" 2>&1 &
 	local pid=$! i
 	for i in $(seq 1 60); do
@@ -115,7 +147,9 @@ cmd_stop() {
 		fi
 	fi
 	# What dockerd leaves behind when it stops: its bridge and namespace/overlay mounts.
-	ip link del "$BRIDGE" 2>/dev/null || true
+	if [[ -f "$dir/bridge" ]]; then
+		ip link del "$(cat "$dir/bridge")" 2>/dev/null || true
+	fi
 	local mnt
 	while read -r mnt; do
 		umount -l "$mnt" 2>/dev/null || true
