@@ -100,9 +100,10 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt deploy/docker/pyproject_requirements.py ./
-# torch alone from the CPU index (PyPI's Linux wheel is the multi-GB CUDA build), at the version
-# constraints.txt pins; then everything else from PyPI.
-RUN pip install --no-cache-dir -c constraints.txt --index-url "${TORCH_INDEX_URL}" torch \
+# torch first, at the version constraints.txt pins, with the CPU index beside PyPI: its
+# 2.13.0+cpu ranks above PyPI's 2.13.0 (the multi-GB CUDA build) and still meets the ==2.13.0 pin,
+# while torch's own dependencies come from PyPI at their pinned versions. Then everything else.
+RUN pip install --no-cache-dir -c constraints.txt --extra-index-url "${TORCH_INDEX_URL}" torch \
     && python pyproject_requirements.py pyproject.toml --extra export > requirements.txt \
     && pip install --no-cache-dir -c constraints.txt -r requirements.txt
 COPY README.md ./
