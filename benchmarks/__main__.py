@@ -42,6 +42,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-readme", action="store_true", help="do not refresh README's benchmark table"
     )
+    parser.add_argument(
+        "--charts-only",
+        action="store_true",
+        help="measure nothing: redraw the charts and the summary from the existing JSON",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             f"error: unknown benchmark(s) {unknown}; expected {list(BENCHMARKS)}", file=sys.stderr
         )
         return 2
+    if args.charts_only:
+        from benchmarks.report import redraw, write_report
+
+        redraw(args.results, names, log=print)
+        write_report(args.results, update_readme=not args.no_readme, log=print)
+        return 0
     work = args.work or Path(tempfile.mkdtemp(prefix="normserve-bench-"))
     ctx = Context(quick=args.quick, work_dir=work, results_dir=args.results)
     started = time.perf_counter()

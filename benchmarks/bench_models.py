@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -185,7 +186,7 @@ class BenchModel:
 class Workspace:
     """Checkpoints and a repository of exports under ``root``, built once and reused."""
 
-    def __init__(self, root: Path, log: object = print) -> None:
+    def __init__(self, root: Path, log: Callable[[str], None] = print) -> None:
         self.root = root
         self.repository = root / "exports"
         self._log = log
@@ -197,7 +198,7 @@ class Workspace:
             checkpoint_path = self.root / "checkpoints" / f"{name}.pt"
             entry = self.repository / name / "1"
             if not (entry / "model.json").exists():
-                self._log(f"  exporting {arch} (synthetic weights, calibrated BN)")  # type: ignore[operator]
+                self._log(f"  exporting {arch} (synthetic weights, calibrated BN)")
                 save_checkpoint(synthetic_checkpoint(arch), checkpoint_path)
                 run_export(
                     ExportOptions(

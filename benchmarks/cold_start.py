@@ -189,8 +189,8 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         color=["#c7c7c7", "#9edae5", "#1f77b4", "#17becf"][: len(keys)],
         capsize=3,
     )
-    for i, m in enumerate(medians):
-        left.annotate(f" {m:.2f} s", (m, i), va="center", fontsize=8)
+    for i, k in enumerate(keys):
+        left.annotate(f" {medians[i]:.2f} s", (seconds[k]["max"], i), va="center", fontsize=8)
     left.axvline(TARGET_READY_S, ls="--", color="k", lw=0.8)
     left.set_yticks(range(len(keys)))
     left.set_yticklabels(keys, fontsize=8)

@@ -177,9 +177,14 @@ def chart(result: dict[str, Any], path: Path) -> bool:
     archs = result["architectures"]
     if not archs:
         return False
-    fig, axes = figure(1, len(archs), width=5.5)
+    cols = min(3, len(archs))
+    rows = -(-len(archs) // cols)
+    fig, axes = figure(rows, cols, width=5.5)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(archs) :]:
+        ax.set_visible(False)
     width = 0.8 / len(VARIANTS)
-    for ax, arch in zip(axes[0], archs, strict=True):
+    for ax, arch in zip(flat, archs, strict=False):
         for i, key in enumerate(VARIANTS):
             xs, ys, lo, hi = [], [], [], []
             for j, row in enumerate(arch["batches"]):
@@ -196,7 +201,7 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         ax.set_ylabel("µs per sample (median, min-max)")
         ax.set_title(arch["arch"])
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    flat[0].legend(fontsize=7)
     save(
         fig, path, "Model compute: eager PyTorch vs ONNX Runtime, folded vs unfolded export", result
     )
