@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from normserve import __version__
 from service.auth import BearerKey
 from service.errors import install_error_handlers
+from service.lane import InferLane
 from service.observe import ObserveMiddleware
 from service.routes import router
 from service.runtime import Runtime
@@ -40,18 +42,25 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         finally:
             await runtime.shutdown()
 
-    app = FastAPI(
+    api_key = BearerKey(settings.api_key, "inference") if settings.api_key else None
+
+    class App(FastAPI):
+        def build_middleware_stack(self) -> ASGIApp:
+            # Outermost: observation; then the inference lane; then FastAPI's own stack.
+            inner = super().build_middleware_stack()
+            return ObserveMiddleware(InferLane(inner, runtime, api_key), runtime)
+
+    app = App(
         title="normserve",
         version=__version__,
         summary="Folded, frozen, proven ONNX models over the Open Inference Protocol (V2)",
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    app.state.api_key = BearerKey(settings.api_key, "inference") if settings.api_key else None
+    app.state.api_key = api_key
     app.state.admin_key = (
         BearerKey(settings.admin_key, "repository control") if settings.admin_key else None
     )
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(ObserveMiddleware, runtime=runtime)
     return app

@@ -1,17 +1,17 @@
-"""Reading request bodies within the size limit."""
+"""Reading request bodies within the size limit, straight from the ASGI receive channel."""
 
 from __future__ import annotations
 
-from fastapi import Request
+from starlette.types import Message, Receive
 
 from service.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["read_body"]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body; a declared or actual size over ``limit`` is refused (413) unbuffered."""
-    declared = request.headers.get("content-length")
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The whole body; a declared (``Content-Length``) or actual size over ``limit`` is refused
+    (413) before it is buffered."""
     if declared is not None:
         if not declared.isdigit():
             raise BadRequest(
@@ -23,9 +23,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

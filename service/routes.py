@@ -1,24 +1,23 @@
 """HTTP routes: read the request, call a handler, write the response.
 
+Inference (``POST .../infer`` and ``:predict``) is answered in front of these routes by
+``service.lane``, with the same handlers, errors and auth.
+
 Three groups: open routes (health, server metadata, metrics), model routes (the API key when
 one is set) and repository control (the admin key; off without one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from service import handlers
 from service.body import read_body
-from service.encoding import choose_encoding, compress, decompress
 from service.errors import BadRequest, Forbidden
-from service.handlers import InferOutcome
 from service.metrics import CONTENT_TYPE
 from service.runtime import Runtime
 
@@ -51,86 +50,6 @@ ADMIN_KEY = [Depends(require_admin_key)]
 
 def _json(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
-async def _read(request: Request, runtime: Runtime) -> bytes:
-    limit = runtime.settings.max_body_bytes
-    body = await read_body(request, limit)
-    return decompress(body, request.headers.get("content-encoding"), limit)
-
-
-def _infer_response(
-    request: Request, outcome: InferOutcome, servable_name: str, version: int
-) -> Response:
-    headers = {
-        "Server-Timing": (
-            f"queue;dur={outcome.queue_s * 1000:.3f}, compute;dur={outcome.compute_s * 1000:.3f}"
-        )
-    }
-    body = outcome.body
-    if outcome.header_length is not None:
-        headers["Inference-Header-Content-Length"] = str(outcome.header_length)
-    coding = choose_encoding(request.headers.get("accept-encoding"))
-    if coding is not None:
-        body = compress(body, coding)
-        headers["Content-Encoding"] = coding
-        headers["Vary"] = "Accept-Encoding"
-    request.state.log = {
-        "model": servable_name,
-        "version": version,
-        "batch": outcome.batch_size,
-        "queue_ms": round(outcome.queue_s * 1000, 3),
-        "compute_ms": round(outcome.compute_s * 1000, 3),
-    }
-    media = "application/json" if outcome.header_length is None else "application/octet-stream"
-    return Response(body, media_type=media, headers=headers)
-
-
-async def model_infer(request: Request) -> Response:
-    """POST /v2/models/{model_name}[/versions/{version}]/infer"""
-    runtime: Runtime = request.app.state.runtime
-    await require_api_key(request)
-    model_name = request.path_params["model_name"]
-    version = request.path_params.get("version")
-    runtime.require_ready().get(model_name, version)  # 404 before reading a large body
-    body = await _read(request, runtime)
-    servable = runtime.require_ready().get(model_name, version)  # the newest after any swap
-    outcome = await handlers.infer(
-        servable, body, request.headers.get("inference-header-content-length")
-    )
-    return _infer_response(request, outcome, servable.name, servable.version)
-
-
-async def v1_predict(request: Request) -> Response:
-    """POST /v1/models/{model_name}:predict"""
-    runtime: Runtime = request.app.state.runtime
-    await require_api_key(request)
-    model_name = request.path_params["model_name"]
-    runtime.require_ready().get(model_name)
-    body = await _read(request, runtime)
-    servable = runtime.require_ready().get(model_name)
-    outcome = await handlers.predict(servable, body, runtime.settings.top_k)
-    return _infer_response(request, outcome, servable.name, servable.version)
-
-
-def _hot_route(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
-    """A plain Starlette route (no dependency solving: the inference hot path) that names its
-    template in the scope, as FastAPI's routes do, for metrics and logs."""
-
-    async def named(request: Request) -> Response:
-        request.scope["route_template"] = path
-        return await endpoint(request)
-
-    return Route(path, named, methods=["POST"])
-
-
-router.routes.extend(
-    [
-        _hot_route("/v2/models/{model_name}/infer", model_infer),
-        _hot_route("/v2/models/{model_name}/versions/{version}/infer", model_infer),
-        _hot_route("/v1/models/{model_name}:predict", v1_predict),
-    ]
-)
 
 
 @router.get("/v2/health/live", summary="Liveness: the process answers")
@@ -217,7 +136,7 @@ async def model_stats(runtime: RuntimeDep, model_name: str, version: str | None 
 
 
 async def _admin_body(request: Request, runtime: Runtime) -> dict[str, Any]:
-    body = await read_body(request, 1024 * 1024)
+    body = await read_body(request.receive, request.headers.get("content-length"), 1024 * 1024)
     if not body.strip():
         return {}
     try:
