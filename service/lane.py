@@ -47,8 +47,16 @@ class InferLane:
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if scope["method"] != "POST":
+            if _V2.fullmatch(path) or _V1.fullmatch(path):
+                message = f"method {scope['method']} is not allowed on {path}; use POST"
+                await _send(send, 405, orjson.dumps({"error": message}), _json({"Allow": "POST"}))
+                return
+        else:
             if match := _V2.fullmatch(path):
                 version = match["version"]
                 scope["route_template"] = _V2_ROUTES[version is not None]

@@ -165,6 +165,8 @@ def test_malformed_bodies_are_400(client: TestClient, content: bytes, needle: st
         ("get", "/v2/models/affine/versions/-1", 400, "version must be a positive integer"),
         ("get", "/v2/nothing-here", 404, "no route /v2/nothing-here"),
         ("delete", "/v2/models/affine", 405, "method DELETE is not allowed"),
+        ("get", "/v2/models/affine/infer", 405, "method GET is not allowed"),
+        ("put", "/v1/models/affine:predict", 405, "method PUT is not allowed"),
     ],
 )
 def test_unknown_names_and_routes(
