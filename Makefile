@@ -67,7 +67,8 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not docker"
 
 # ---- Benchmarks (README "Benchmarks"): every figure, chart and the README table, from scratch.
-# QUICK=1: short runs that check the scripts (figures marked QUICK, not for publishing).
+# QUICK=1: short runs that check the scripts, into $TMPDIR/normserve-bench-quick (never the
+# published figures in benchmarks/results).
 # BENCH_ARGS: extra options, e.g. BENCH_ARGS="--only overhead,decode".
 BENCH_STAMP := $(VENV)/.bench-installed
 

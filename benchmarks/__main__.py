@@ -1,8 +1,8 @@
 """``python -m benchmarks [--quick] [--only NAME,...]``: run the benchmarks, write
 ``benchmarks/results/*.json|png``, then the summary table (and README's copy of it).
 
-``make bench`` runs this; ``make bench QUICK=1`` runs it with ``--quick`` (short runs that check
-the scripts; their figures are marked QUICK and are not for publication).
+``make bench`` runs this; ``make bench QUICK=1`` runs it with ``--quick``: short runs that check
+the scripts, written to a temporary directory and marked QUICK (never the published figures).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 
 from benchmarks.context import RESULTS_DIR, Context, run_benchmark
 
+QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "normserve-bench-quick"
+
 # In the order they run: the cheap, quiet ones first; the GPU one last (it skips without CUDA).
 BENCHMARKS = ("loadgen_ceiling", "compute", "decode", "overhead", "throughput", "cold_start", "gpu")
 
@@ -35,7 +37,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}"
     )
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output directory")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"output directory (default: {RESULTS_DIR}; with --quick: {QUICK_RESULTS_DIR}, so a "
+        "check never overwrites the published figures)",
+    )
     parser.add_argument(
         "--work", type=Path, default=None, help="workspace to keep (default: a temporary one)"
     )
@@ -52,6 +60,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.results is None:
+        args.results = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
