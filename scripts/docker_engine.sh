@@ -3,8 +3,9 @@
 # engine and no Docker Hub (see CONTAINERS.md in the shared docs): the recipe that was verified
 # there, as four commands the tests and the README use.
 #
-#   scripts/docker_engine.sh deps           install docker.io, iptables, debootstrap and
-#                                           docker-compose from Debian when missing (root, apt)
+#   scripts/docker_engine.sh deps           install docker.io, iptables, debootstrap,
+#                                           docker-compose (and iproute2, procps) from Debian
+#                                           when missing (root, apt)
 #   scripts/docker_engine.sh start DIR      start dockerd with its state in DIR (empty or new);
 #                                           prints `export DOCKER_HOST=unix://DIR/docker.sock`
 #   scripts/docker_engine.sh base [TAG]     with DOCKER_HOST set: a Debian bookworm image with
@@ -21,7 +22,7 @@ set -euo pipefail
 # sessions running side by side (two `make test` at once) never share or delete each other's.
 BRIDGE_PREFIX=nsdocker
 BRIDGE_SLOTS=16
-PACKAGES=(docker.io iptables debootstrap docker-compose)
+PACKAGES=(docker.io iptables debootstrap docker-compose iproute2 procps)
 DEFAULT_BASE_TAG=local/python:3.11-slim
 MARKER=.normserve-docker-engine
 
@@ -37,6 +38,8 @@ probe_command() {
 	iptables) echo iptables ;;
 	debootstrap) echo debootstrap ;;
 	docker-compose) echo docker-compose ;;
+	iproute2) echo ip ;;
+	procps) echo pgrep ;;
 	esac
 }
 
