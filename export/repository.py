@@ -37,7 +37,11 @@ def next_version(model_dir: Path) -> int:
     """One more than the highest numeric version present, or 1."""
     if not model_dir.is_dir():
         return 1
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    versions = [
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit() and len(p.name) <= 18
+    ]
     return max(versions, default=0) + 1
 
 

@@ -13,11 +13,11 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
     """The whole body; a declared (``Content-Length``) or actual size over ``limit`` is refused
     (413) before it is buffered."""
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest(
                 f"Content-Length must be a non-negative integer, got {declared[:32]!r}"
             )
-        if int(declared) > limit:
+        if len(declared) > 18 or int(declared) > limit:
             raise PayloadTooLarge(
                 f"request body of {declared} bytes exceeds the limit of {limit} bytes"
             )

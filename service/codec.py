@@ -78,9 +78,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     if header_length is None:
         return body, memoryview(b"")
     text = header_length.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise BadRequest(
-            f"Inference-Header-Content-Length must be a non-negative integer, got {text[:32]!r}"
+            "Inference-Header-Content-Length must be a non-negative integer of at most 18 "
+            f"digits, got {text[:32]!r}"
         )
     length = int(text)
     if length > len(body):
@@ -92,7 +93,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; NaN/Infinity tokens are not JSON and are refused."""
+    """The body as a JSON object; NaN/Infinity tokens are not JSON and are refused (binary
+    tensors holding them are refused too: see ``_from_binary``)."""
     if not body:
         raise BadRequest("request body is empty: expected a JSON object with 'inputs'")
     try:
@@ -186,6 +188,12 @@ def _from_binary(
     array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset)
     if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
         raise BadRequest(f"{field}: BOOL bytes must be 0 or 1")
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        index = int(np.argmin(np.isfinite(array)))
+        raise BadRequest(
+            f"{field}: value {index} is {array[index]}; finite numbers expected (NaN and "
+            "Infinity are refused, as in JSON)"
+        )
     if not array.flags.aligned:
         array = array.copy()
     return array.reshape(shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -38,18 +39,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape(text: str) -> str:
+    """Control characters as ``\\xNN``: a client's path cannot forge or split a log line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 class TextFormatter(logging.Formatter):
-    """``time level logger: message key=value ...``."""
+    """``time level logger: message key=value ...``, one line per record (a traceback follows
+    on its own lines); control characters in the message and fields are escaped."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
         fields = _fields(record)
         if fields:
             text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        return text
+        return _escape(text)
 
 
 def configure_logging(settings: Settings) -> None:

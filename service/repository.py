@@ -268,7 +268,8 @@ def scan_model(model_dir: Path) -> list[VersionEntry]:
     for version_dir in sorted(model_dir.iterdir()):
         if version_dir.name.startswith(".") or not version_dir.is_dir():
             continue
-        if not version_dir.name.isdigit() or int(version_dir.name) < 1:
+        name = version_dir.name
+        if not (name.isascii() and name.isdigit()) or len(name) > 18 or int(name) < 1:
             raise RepositoryError(f"{version_dir}: versions must be positive integers")
         entries.append(VersionEntry(model_dir.name, int(version_dir.name), version_dir))
     return sorted(entries, key=lambda e: e.version)

@@ -11,6 +11,7 @@ import uvicorn
 
 from service.app import create_app
 from service.logs import configure_logging
+from service.protocol import JsonErrorHttpToolsProtocol
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -75,5 +76,6 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        http=JsonErrorHttpToolsProtocol,
     )
     DrainingServer(config, runtime).run()

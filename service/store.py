@@ -13,8 +13,12 @@ __all__ = ["ModelStore", "parse_version"]
 
 
 def parse_version(raw: str) -> int:
-    """A version from a URL: a positive integer written in decimal digits."""
-    if not raw.isdigit() or int(raw) < 1 or len(raw) > 18:
+    """A version from a URL: a positive integer written in ASCII decimal digits (at most 18).
+
+    ``str.isdigit`` alone lets through digits that ``int`` refuses (superscripts) or reads as
+    others (Arabic-Indic), and ``int`` refuses strings over 4300 digits: length comes first.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
         raise BadRequest(f"version must be a positive integer, got {raw[:64]!r}")
     return int(raw)
 
