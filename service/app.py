@@ -15,6 +15,7 @@ from service.auth import BearerKey
 from service.errors import install_error_handlers
 from service.lane import InferLane
 from service.observe import ObserveMiddleware
+from service.openapi import install_openapi
 from service.routes import router
 from service.runtime import Runtime
 from service.settings import Settings
@@ -63,4 +64,5 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    install_openapi(app)
     return app

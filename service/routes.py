@@ -78,61 +78,85 @@ async def all_stats(runtime: RuntimeDep) -> Response:
     return _json(handlers.model_stats(list(runtime.require_ready())))
 
 
-@router.get(
-    "/v2/models/{model_name}", summary="Model metadata, newest version", dependencies=API_KEY
-)
-@router.get(
-    "/v2/models/{model_name}/versions/{version}", summary="Model metadata", dependencies=API_KEY
-)
-async def model_metadata(
-    runtime: RuntimeDep, model_name: str, version: str | None = None
-) -> Response:
+# Each route below comes twice: the newest version, and a version named in the path. Separate
+# functions, so the newest-version routes take no (undocumented) ``version`` query parameter.
+
+
+def _metadata(runtime: Runtime, model_name: str, version: str | None) -> Response:
     store = runtime.require_ready()
     return _json(handlers.model_metadata(store, store.get(model_name, version)))
 
 
 @router.get(
-    "/v2/models/{model_name}/ready", summary="Model readiness, newest version", dependencies=API_KEY
+    "/v2/models/{model_name}", summary="Model metadata, newest version", dependencies=API_KEY
 )
+async def model_metadata(runtime: RuntimeDep, model_name: str) -> Response:
+    return _metadata(runtime, model_name, None)
+
+
 @router.get(
-    "/v2/models/{model_name}/versions/{version}/ready",
-    summary="Model readiness",
-    dependencies=API_KEY,
+    "/v2/models/{model_name}/versions/{version}", summary="Model metadata", dependencies=API_KEY
 )
-async def model_ready(runtime: RuntimeDep, model_name: str, version: str | None = None) -> Response:
+async def model_version_metadata(runtime: RuntimeDep, model_name: str, version: str) -> Response:
+    return _metadata(runtime, model_name, version)
+
+
+def _ready(runtime: Runtime, model_name: str, version: str | None) -> Response:
     servable = runtime.require_ready().get(model_name, version)
     return _json({"name": servable.name, "version": str(servable.version), "ready": True})
 
 
 @router.get(
-    "/v2/models/{model_name}/config", summary="Triton-shaped config, newest", dependencies=API_KEY
+    "/v2/models/{model_name}/ready", summary="Model readiness, newest version", dependencies=API_KEY
 )
+async def model_ready(runtime: RuntimeDep, model_name: str) -> Response:
+    return _ready(runtime, model_name, None)
+
+
 @router.get(
-    "/v2/models/{model_name}/versions/{version}/config",
-    summary="Model config",
+    "/v2/models/{model_name}/versions/{version}/ready",
+    summary="Model readiness",
     dependencies=API_KEY,
 )
-async def model_config(
-    runtime: RuntimeDep, model_name: str, version: str | None = None
-) -> Response:
+async def model_version_ready(runtime: RuntimeDep, model_name: str, version: str) -> Response:
+    return _ready(runtime, model_name, version)
+
+
+def _config(runtime: Runtime, model_name: str, version: str | None) -> Response:
     servable = runtime.require_ready().get(model_name, version)
     return _json(handlers.model_config(servable, runtime.settings))
 
 
 @router.get(
+    "/v2/models/{model_name}/config", summary="Triton-shaped config, newest", dependencies=API_KEY
+)
+async def model_config(runtime: RuntimeDep, model_name: str) -> Response:
+    return _config(runtime, model_name, None)
+
+
+@router.get(
+    "/v2/models/{model_name}/versions/{version}/config",
+    summary="Model config",
+    dependencies=API_KEY,
+)
+async def model_version_config(runtime: RuntimeDep, model_name: str, version: str) -> Response:
+    return _config(runtime, model_name, version)
+
+
+@router.get(
     "/v2/models/{model_name}/stats", summary="Statistics, every version", dependencies=API_KEY
 )
+async def model_stats(runtime: RuntimeDep, model_name: str) -> Response:
+    store = runtime.require_ready()
+    store.versions(model_name)  # 404 for an unknown model
+    return _json(handlers.model_stats(list(store.models[model_name].values())))
+
+
 @router.get(
     "/v2/models/{model_name}/versions/{version}/stats", summary="Statistics", dependencies=API_KEY
 )
-async def model_stats(runtime: RuntimeDep, model_name: str, version: str | None = None) -> Response:
-    store = runtime.require_ready()
-    if version is None:
-        store.versions(model_name)  # 404 for an unknown model
-        servables = list(store.models[model_name].values())
-    else:
-        servables = [store.get(model_name, version)]
-    return _json(handlers.model_stats(servables))
+async def model_version_stats(runtime: RuntimeDep, model_name: str, version: str) -> Response:
+    return _json(handlers.model_stats([runtime.require_ready().get(model_name, version)]))
 
 
 async def _admin_body(request: Request, runtime: Runtime) -> dict[str, Any]:
