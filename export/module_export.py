@@ -98,7 +98,16 @@ def export_module(
     working = copy.deepcopy(reference)
     sample = export_sample(inputs)
     with torch.no_grad():
-        example = reference(sample)
+        try:
+            example = reference(sample)
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            # A model that cannot run on its declared input (a wrong --input-shape, a
+            # checkpoint whose input spec does not fit the architecture) is the user's input.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(
+                f"the model cannot run on an input of shape {list(sample.shape[1:])} "
+                f"(per sample): {first}"
+            ) from exc
     if not isinstance(example, torch.Tensor):
         raise ExportError(
             f"the model returns {type(example).__name__}: normserve exports models with one "

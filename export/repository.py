@@ -58,7 +58,26 @@ def plan_entry(repository: Path, name: str, version: int | None, force: bool) ->
         raise ExportError(f"{target} already exists; pass --force to replace it")
     if repository.exists() and not repository.is_dir():
         raise ExportError(f"repository {repository} exists and is not a directory")
+    _check_writable(model_dir)
     return target, version
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail before minutes of work, not after, when ``directory`` cannot be created or written.
+
+    Probes the nearest existing ancestor with a hidden temporary directory (the server skips
+    hidden names), removed at once; nothing is left behind either way.
+    """
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ExportError(f"cannot write to {directory}: {existing} is not a directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=".normserve-probe-", dir=existing)
+    except OSError as exc:
+        raise ExportError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
+    os.rmdir(probe)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -70,10 +89,12 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def write_entry(target: Path, onnx_bytes: bytes, metadata: dict[str, Any], force: bool) -> None:
     """Write both files into a temporary sibling directory and rename it to ``target``."""
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
+        _remove_empty(created)
         raise ExportError(f"cannot write to {target.parent}: {exc.strerror or exc}") from exc
     retired: Path | None = None
     try:
@@ -91,9 +112,20 @@ def write_entry(target: Path, onnx_bytes: bytes, metadata: dict[str, Any], force
         shutil.rmtree(staging, ignore_errors=True)
         if retired is not None and not target.exists():
             os.replace(retired, target)
+        _remove_empty(created)
         raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
         raise
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Undo the directories a failed write created (innermost first), if still empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return

@@ -147,7 +147,8 @@ def load_checkpoint(
     """Read a normserve checkpoint, or a bare state dict given ``arch`` and ``input_shape``.
 
     ``arch``, ``input_shape`` and ``arch_config`` given with a full checkpoint override the
-    recorded ones.
+    recorded ones. A recorded ``package.module:factory`` arch is refused unless ``arch`` is
+    given: the file is data and never chooses code to import and call.
     """
     if arch_config is not None and not isinstance(arch_config, dict):
         raise CheckpointError("arch_config must be a dict of keyword arguments")
@@ -175,6 +176,14 @@ def load_checkpoint(
     recorded_arch = raw.get("arch")
     if not isinstance(recorded_arch, str) or not recorded_arch:
         raise CheckpointError(f"{path}: 'arch' must be a registry name or package.module:factory")
+    if ":" in recorded_arch and arch is None:
+        # An import path is code: importing it and calling it with the recorded arch_config
+        # would let a checkpoint run any installed callable (``subprocess:run`` with
+        # ``{"args": [...]}``), weights_only or not. Only the user names code to run.
+        raise CheckpointError(
+            f"{path} names the architecture {recorded_arch!r}, an import path: normserve does "
+            f"not run code a checkpoint names; pass --arch {recorded_arch} if you trust it"
+        )
     config = raw.get("arch_config") or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: 'arch_config' must be a dict of keyword arguments")
