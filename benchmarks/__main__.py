@@ -28,7 +28,16 @@ from benchmarks.context import RESULTS_DIR, Context, run_benchmark
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "normserve-bench-quick"
 
 # In the order they run: the cheap, quiet ones first; the GPU one last (it skips without CUDA).
-BENCHMARKS = ("loadgen_ceiling", "compute", "decode", "overhead", "throughput", "cold_start", "gpu")
+BENCHMARKS = (
+    "loadgen_ceiling",
+    "compute",
+    "decode",
+    "overhead",
+    "throughput",
+    "cold_start",
+    "soak",
+    "gpu",
+)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
