@@ -260,12 +260,21 @@ def is_model_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None
 
 
+def _listing(directory: Path) -> list[Path]:
+    """The sorted entries of ``directory``; one that vanished or turned into a file while being
+    served is a ``RepositoryError`` like any other unreadable entry, not an ``OSError``."""
+    try:
+        return sorted(directory.iterdir())
+    except OSError as exc:
+        raise RepositoryError(f"{directory}: cannot list: {exc.strerror or exc}") from exc
+
+
 def scan_model(model_dir: Path) -> list[VersionEntry]:
     """The numeric version directories of one model, oldest first."""
     if not _NAME.fullmatch(model_dir.name):
         raise RepositoryError(f"{model_dir}: not a valid model name")
     entries = []
-    for version_dir in sorted(model_dir.iterdir()):
+    for version_dir in _listing(model_dir):
         if version_dir.name.startswith(".") or not version_dir.is_dir():
             continue
         name = version_dir.name
@@ -280,7 +289,7 @@ def scan_repository(root: Path) -> list[VersionEntry]:
     if not root.is_dir():
         raise RepositoryError(f"model repository {root} does not exist or is not a directory")
     entries = []
-    for model_dir in sorted(root.iterdir()):
+    for model_dir in _listing(root):
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
         entries += scan_model(model_dir)

@@ -203,8 +203,16 @@ class Runtime:
         try:
             on_disk = await asyncio.to_thread(_model_dirs, root)
         except OSError as exc:
-            log.error("cannot scan model repository %s: %s", root, exc)
+            # A repository that vanished (an unmounted volume) or turned into a file: keep
+            # serving what is loaded, say so once, and pick up again when it is back.
+            if self._scan_errors.get("") != str(exc):
+                log.error(
+                    "cannot scan model repository %s: %s; models loaded keep serving", root, exc
+                )
+            self._scan_errors[""] = str(exc)
             return
+        if self._scan_errors.pop("", None) is not None:
+            log.info("model repository %s is readable again", root)
         for name in sorted(set(on_disk) | set(self.store.models)):
             if name in self.unloaded:
                 continue
