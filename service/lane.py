@@ -133,7 +133,9 @@ class InferLane:
         limit = runtime.settings.max_body_bytes
         body = await read_body(receive, headers.get(b"content-length"), limit)
         body = decompress(body, headers.get(b"content-encoding"), limit)
-        servable = runtime.require_ready().get(model, version)  # the newest after any swap
+        # The newest after any swap. Not require_ready(): a request admitted before a drain
+        # began is served even if its body finished arriving after it.
+        servable = runtime.store.get(model, version)
         if v1:
             outcome = await handlers.predict(servable, body, runtime.settings.top_k)
         else:

@@ -435,3 +435,34 @@ def test_sigterm_under_load_finishes_every_in_flight_request_and_refuses_new_one
         assert server.proc.wait(timeout=15) == 0
         assert time.monotonic() - signalled < 10
     assert "Traceback" not in server.log()
+
+
+def test_a_request_uploading_its_body_when_sigterm_arrives_is_served(tmp_path: Path):
+    """Admitted before the drain means served: the body's second half arrives after SIGTERM."""
+    root = tmp_path / "repo"
+    write_entry(root, "affine", 1)
+    with running_server(
+        root, tmp_path / "server.log", {"NORMSERVE_DRAIN_TIMEOUT_S": "10"}
+    ) as server:
+        port = port_of(server)
+        x = rows(77, n=2)
+        raw = infer_raw(x)
+        with open_socket(port, timeout_s=20) as sock:
+            sock.sendall(raw[: len(raw) - 20])  # headers and most of the body
+            wait_until(
+                lambda: metric(server.url, "normserve_inflight_requests") == 2.0,
+                5,
+                "the upload counted in flight",
+                server.proc,
+            )
+            server.proc.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 503,
+                5,
+                "ready turns 503",
+                server.proc,
+            )
+            sock.sendall(raw[len(raw) - 20 :])
+            assert_answer(read_response(sock, timeout_s=15), x)
+        assert server.proc.wait(timeout=15) == 0
+    assert "Traceback" not in server.log()
