@@ -9,12 +9,8 @@ parity proof). Nothing is downloaded; nothing is trained to accuracy.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from export.onnx_export import export_onnx
 from export.pipeline import ExportOptions, build_eval_model, parity_inputs, run_export
 from models.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from models.datasets import load_dataset
@@ -119,34 +116,10 @@ def export_unfolded(
     What a plain ``torch.onnx.export`` gives a user who does not fold: the baseline that shows
     what folding buys.
     """
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the exporter's progress and torchvision notes
-    try:
-        with (
-            warnings.catch_warnings(),
-            torch.no_grad(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (sample,),
-                dynamo=True,
-                input_names=[input_name],
-                output_names=[output_name],
-                dynamic_shapes=({0: batch},),
-                opset_version=opset,
-                optimize=False,
-                external_data=False,
-                verbose=False,
-            )
-    finally:
-        logger.setLevel(level)
-    assert program is not None
-    return program.model_proto.SerializeToString()
+    proto = export_onnx(
+        model, sample, input_name=input_name, output_name=output_name, opset=opset, optimize=False
+    )
+    return proto.SerializeToString()
 
 
 @dataclass

@@ -55,10 +55,14 @@ def export_onnx(
     input_name: str,
     output_name: str,
     opset: int = DEFAULT_OPSET,
+    optimize: bool = True,
 ) -> onnx.ModelProto:
     """Export ``model`` (eval mode, no BatchNorm left) with axis 0 of input and output dynamic.
 
     ``sample`` must have a batch of at least 2 so the exporter does not specialize on 1.
+    ``optimize=False`` skips the exporter's ONNX optimizer, which would otherwise fold any
+    BatchNorm still present into a preceding Conv behind the user's back (benchmarks use it
+    for the unfolded baseline).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(
@@ -78,7 +82,7 @@ def export_onnx(
                 output_names=[output_name],
                 dynamic_shapes=({0: batch},),
                 opset_version=opset,
-                optimize=True,
+                optimize=optimize,
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises a zoo of types; keep the first line
