@@ -3,74 +3,33 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
-import pytest
 import torch
 
 from export.pipeline import build_eval_model
 from models.checkpoint import load_checkpoint
 from models.datasets import load_dataset
+from tests.service.process import Server, running_server
 
 # The export's own parity gate (DESIGN.md §3): served outputs equal eager within it.
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_real_server_predicts_what_the_eager_model_predicts(
+    digits_repository: Path, digits_checkpoint: Path, tmp_path: Path
+):
+    with running_server(digits_repository, tmp_path / "server.log") as server:
+        _predict_then_ctrl_c(server, digits_checkpoint)
+    assert "Application shutdown complete" in server.log()
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server not ready after {timeout_s} s")
-
-
-@pytest.fixture
-def server(digits_repository: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "normserve"),
-        "serve",
-        "--repository",
-        str(digits_repository),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
-
-
-def test_real_server_predicts_what_the_eager_model_predicts(server, digits_checkpoint: Path):
-    url, proc = server
+def _predict_then_ctrl_c(server: Server, digits_checkpoint: Path) -> None:
+    url, proc = server.url, server.proc
     data = load_dataset("digits", seed=1)
     x = data.x_val[:5]
     body = {
@@ -98,8 +57,6 @@ def test_real_server_predicts_what_the_eager_model_predicts(server, digits_check
 
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert proc.wait(timeout=15) == 0
-    log = proc.stdout.read() if proc.stdout else ""
-    assert "Application shutdown complete" in log
 
 
 def test_broken_repository_fails_start_with_one_line(tmp_path: Path):
