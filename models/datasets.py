@@ -42,6 +42,10 @@ class Dataset:
         return list(self.x_train.shape[1:])
 
 
+# A dataset before its split: inputs, integer targets, class labels, description.
+_Source = tuple[np.ndarray, np.ndarray, list[str], str]
+
+
 def _split(
     x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,17 +68,13 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     return x, bunch.target, tuple(str(int(t)) for t in bunch.target_names)
 
 
-def _digits(seed: int, val_fraction: float) -> Dataset:
+def _digits() -> _Source:
     x, target, labels = _digits_arrays()
-    x_train, y_train, x_val, y_val = _split(x, target, seed, val_fraction)
-    return Dataset(
-        name="digits",
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        labels=list(labels),
-        description="scikit-learn load_digits: 8x8 grey digits, pixel intensities 0..16",
+    return (
+        x,
+        target,
+        list(labels),
+        "scikit-learn load_digits: 8x8 grey digits, pixel intensities 0..16",
     )
 
 
@@ -117,21 +117,13 @@ def _shapes32_arrays() -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0.0, 1.0).astype(np.float32), y.astype(np.int64)
 
 
-def _shapes32(seed: int, val_fraction: float) -> Dataset:
+def _shapes32() -> _Source:
     x, y = _shapes32_arrays()
-    x_train, y_train, x_val, y_val = _split(x, y, seed, val_fraction)
-    return Dataset(
-        name="shapes32",
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        labels=list(SHAPES),
-        description=(
-            "generated 3x32x32 RGB images of one shape each (disk, square, triangle, ring, "
-            "cross, diamond) on a contrasting ground with noise; pixel values 0..1"
-        ),
+    description = (
+        "generated 3x32x32 RGB images of one shape each (disk, square, triangle, ring, "
+        "cross, diamond) on a contrasting ground with noise; pixel values 0..1"
     )
+    return x, y, list(SHAPES), description
 
 
 WAVE_FREQUENCIES = (1, 2, 3, 5)
@@ -155,24 +147,16 @@ def _waves_arrays() -> tuple[np.ndarray, np.ndarray]:
     return (signal + noise).astype(np.float32), y.astype(np.int64)
 
 
-def _waves(seed: int, val_fraction: float) -> Dataset:
+def _waves() -> _Source:
     x, y = _waves_arrays()
-    x_train, y_train, x_val, y_val = _split(x, y, seed, val_fraction)
-    return Dataset(
-        name="waves",
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        labels=[f"{c}_cycles" for c in WAVE_FREQUENCIES],
-        description=(
-            f"generated sequences (T={WAVES_STEPS}, F={WAVES_FEATURES}): noisy sine waves whose "
-            "number of cycles is the class, each feature with its own phase, gain and offset"
-        ),
+    description = (
+        f"generated sequences (T={WAVES_STEPS}, F={WAVES_FEATURES}): noisy sine waves whose "
+        "number of cycles is the class, each feature with its own phase, gain and offset"
     )
+    return x, y, [f"{c}_cycles" for c in WAVE_FREQUENCIES], description
 
 
-_DATASETS: dict[str, Callable[[int, float], Dataset]] = {
+_DATASETS: dict[str, Callable[[], _Source]] = {
     "digits": _digits,
     "shapes32": _shapes32,
     "waves": _waves,
@@ -182,9 +166,11 @@ _DATASETS: dict[str, Callable[[int, float], Dataset]] = {
 def load_dataset(name: str, *, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
     """Load ``name`` and split it reproducibly: the same seed gives the same split."""
     try:
-        loader = _DATASETS[name]
+        source = _DATASETS[name]
     except KeyError:
         raise DatasetError(
             f"dataset {name!r} is unknown; expected one of {sorted(_DATASETS)}"
         ) from None
-    return loader(seed, val_fraction)
+    x, y, labels, description = source()
+    x_train, y_train, x_val, y_val = _split(x, y, seed, val_fraction)
+    return Dataset(name, x_train, y_train, x_val, y_val, labels, description)
