@@ -8,6 +8,7 @@ application stack (FastAPI, Starlette, middlewares, routing) adds.
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from benchmarks.http_client import HttpError, get
-from benchmarks.server_process import HOST, free_port
+from benchmarks.server_process import HOST, free_port, stop_process
 
 __all__ = ["app", "uvicorn_floor_process"]
 
@@ -62,9 +63,4 @@ def uvicorn_floor_process(timeout_s: float = 30.0) -> Iterator[int]:
             time.sleep(0.02)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, signal.SIGTERM, grace_s=10)

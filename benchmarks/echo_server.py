@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
+
+from benchmarks.server_process import stop_process
 
 __all__ = ["EchoServer", "echo_process", "serve_forever"]
 
@@ -148,12 +151,7 @@ def echo_process(host: str = "127.0.0.1", timeout_s: float = 20.0) -> Iterator[i
                 time.sleep(0.02)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, signal.SIGTERM, grace_s=10)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "memory_kib",
     "normserve_command",
     "running_server",
+    "stop_process",
     "thread_cpu_seconds",
 ]
 
@@ -102,11 +103,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout_s: float, poll
     raise TimeoutError(f"server not ready after {timeout_s} s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, grace_s: float = 15.0
+) -> None:
+    """Send ``sig``, wait up to ``grace_s``, then kill: every process a benchmark starts ends."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
@@ -143,4 +147,4 @@ def running_server(
             ready = time.perf_counter() - started
             yield ServerProcess(proc, port, started, ready, log_path)
         finally:
-            _stop(proc)
+            stop_process(proc)
