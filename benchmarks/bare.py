@@ -15,10 +15,10 @@ __all__ = ["load_served_model"]
 
 def load_served_model(entry: Path, settings: dict[str, Any] | None = None) -> Any:
     """``service.model.LoadedModel`` for ``<repository>/<name>/<version>`` (``entry``)."""
-    from service.model import load_model
-    from service.providers import select_providers
-    from service.repository import scan_repository
-    from service.settings import Settings
+    from normserve.service.model import load_model
+    from normserve.service.providers import select_providers
+    from normserve.service.repository import scan_repository
+    from normserve.service.settings import Settings
 
     root = entry.parent.parent
     config = Settings(repository=root, **(settings or {}))

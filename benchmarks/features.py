@@ -40,7 +40,7 @@ def supports_binary(metadata: dict[str, Any]) -> bool:
 
 
 def _fields() -> dict[str, Any]:
-    from service.settings import Settings
+    from normserve.service.settings import Settings
 
     return dict(Settings.model_fields)
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-
-from export.errors import ExportError
+from normserve.export.errors import ExportError
 
 __all__ = [
     "GROUP_NORM_MIN_OPSET",

@@ -29,13 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import fx, nn
-from torch.fx.operator_schemas import normalize_function
-from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn.utils import parametrize
-
-from export.errors import ExportError
-from export.fold import (
+from normserve.export.errors import ExportError
+from normserve.export.fold import (
     FrozenAffine,
     batch_norm_affine,
     fold_bn_into_conv,
@@ -46,6 +41,10 @@ from export.fold import (
     freeze_batch_norm,
     pads_with_zeros,
 )
+from torch import fx, nn
+from torch.fx.operator_schemas import normalize_function
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import parametrize
 
 __all__ = ["Decision", "FreezeReport", "freeze_normalization", "is_standard"]
 

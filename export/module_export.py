@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from normserve.export.audit import audit_graph
+from normserve.export.errors import ExportError
+from normserve.export.freeze import FreezeReport, freeze_normalization
+from normserve.export.onnx_export import DEFAULT_OPSET, export_onnx
+from normserve.export.parity import (
+    BATCH_SIZES,
+    ParityReport,
+    Tolerance,
+    prove_parity,
+    require_parity,
+)
 from torch import nn
-
-from export.audit import audit_graph
-from export.errors import ExportError
-from export.freeze import FreezeReport, freeze_normalization
-from export.onnx_export import DEFAULT_OPSET, export_onnx
-from export.parity import BATCH_SIZES, ParityReport, Tolerance, prove_parity, require_parity
 
 __all__ = ["ModuleExport", "export_module", "export_sample"]
 

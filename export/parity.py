@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 import torch
+from normserve.export.comparison import Comparison, CrossCheck, Tolerance, compare
+from normserve.export.cross_checks import cuda_check, reference_evaluator_check
+from normserve.export.errors import ExportError, ParityError
+from normserve.export.sessions import LEVELS, make_session
 from torch import nn
-
-from export.comparison import Comparison, CrossCheck, Tolerance, compare
-from export.cross_checks import cuda_check, reference_evaluator_check
-from export.errors import ExportError, ParityError
-from export.sessions import LEVELS, make_session
 
 __all__ = [
     "BATCH_SIZES",

@@ -14,18 +14,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from normserve.export.errors import ExportError
+from normserve.export.freeze import FreezeReport
+from normserve.export.module_export import ModuleExport, export_module
+from normserve.export.onnx_export import DEFAULT_OPSET
+from normserve.export.parity import ParityReport, Tolerance
+from normserve.export.repository import MODEL_FORMAT, plan_entry, write_entry
+from normserve.export.sessions import make_session
+from normserve.models.checkpoint import Checkpoint, load_checkpoint
+from normserve.models.datasets import load_dataset
+from normserve.models.registry import ArchitectureError, build_model, get_architecture
 from torch import nn
-
-from export.errors import ExportError
-from export.freeze import FreezeReport
-from export.module_export import ModuleExport, export_module
-from export.onnx_export import DEFAULT_OPSET
-from export.parity import ParityReport, Tolerance
-from export.repository import MODEL_FORMAT, plan_entry, write_entry
-from export.sessions import make_session
-from models.checkpoint import Checkpoint, load_checkpoint
-from models.datasets import load_dataset
-from models.registry import ArchitectureError, build_model, get_architecture
 
 __all__ = [
     "ExportOptions",

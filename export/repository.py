@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from export.errors import ExportError
+from normserve.export.errors import ExportError
 
 __all__ = ["MODEL_FORMAT", "check_name", "next_version", "plan_entry", "write_entry"]
 

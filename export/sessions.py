@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import onnxruntime as ort
-
-from export.errors import ExportError
+from normserve.export.errors import ExportError
 
 __all__ = ["LEVELS", "Provider", "make_session"]
 

@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-
-from export.audit import audit_graph
-from export.comparison import Comparison, Tolerance, compare
-from export.errors import ExportError
-from export.parity import ParityReport, prove_parity, require_parity
-from export.pipeline import build_eval_model, parity_inputs, sha256_file
-from export.sessions import make_session
-from models.checkpoint import load_checkpoint
+from normserve.export.audit import audit_graph
+from normserve.export.comparison import Comparison, Tolerance, compare
+from normserve.export.errors import ExportError
+from normserve.export.parity import ParityReport, prove_parity, require_parity
+from normserve.export.pipeline import build_eval_model, parity_inputs, sha256_file
+from normserve.export.sessions import make_session
+from normserve.models.checkpoint import load_checkpoint
 
 __all__ = ["VerifyReport", "verify_entry"]
 

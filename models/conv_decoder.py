@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from normserve.models.digits_cnn import PIXEL_MEAN, PIXEL_STD
+from normserve.models.layers import Normalize
+from normserve.models.registry import register
 from torch import nn
-
-from models.digits_cnn import PIXEL_MEAN, PIXEL_STD
-from models.layers import Normalize
-from models.registry import register
 
 __all__ = ["ConvDecoder", "ConvDecoderConfig", "conv_decoder"]
 

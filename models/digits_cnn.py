@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from normserve.models.layers import Normalize
+from normserve.models.registry import register
 from torch import nn
-
-from models.layers import Normalize
-from models.registry import register
 
 __all__ = ["DigitsCNN", "DigitsCNNConfig", "digits_cnn"]
 

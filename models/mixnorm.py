@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from normserve.models.datasets import SHAPES
+from normserve.models.layers import Normalize
+from normserve.models.registry import register
+from normserve.models.resnet_cifar import PIXEL_MEAN, PIXEL_STD
 from torch import nn
-
-from models.datasets import SHAPES
-from models.layers import Normalize
-from models.registry import register
-from models.resnet_cifar import PIXEL_MEAN, PIXEL_STD
 
 __all__ = ["MixNorm", "MixNormConfig", "mixnorm"]
 

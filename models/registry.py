@@ -72,11 +72,11 @@ def register(
 
 
 _BUILTIN_MODULES = (
-    "models.digits_cnn",
-    "models.resnet_cifar",
-    "models.mixnorm",
-    "models.seq_tcn",
-    "models.conv_decoder",
+    "normserve.models.digits_cnn",
+    "normserve.models.resnet_cifar",
+    "normserve.models.mixnorm",
+    "normserve.models.seq_tcn",
+    "normserve.models.conv_decoder",
 )
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from normserve.models.datasets import SHAPES
+from normserve.models.layers import Normalize
+from normserve.models.registry import register
 from torch import nn
-
-from models.datasets import SHAPES
-from models.layers import Normalize
-from models.registry import register
 
 __all__ = ["BasicBlock", "ResNetCifar", "ResNetCifarConfig", "resnet_cifar"]
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from normserve.models.datasets import WAVE_FREQUENCIES, WAVES_FEATURES
+from normserve.models.registry import register
 from torch import nn
-
-from models.datasets import WAVE_FREQUENCIES, WAVES_FEATURES
-from models.registry import register
 
 __all__ = ["SeqTCN", "SeqTCNConfig", "seq_tcn"]
 

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from normserve.models.checkpoint import Checkpoint, InputSpec, save_checkpoint
+from normserve.models.datasets import Dataset, load_dataset
+from normserve.models.registry import Architecture, build_model, get_architecture
 from torch import nn
-
-from models.checkpoint import Checkpoint, InputSpec, save_checkpoint
-from models.datasets import Dataset, load_dataset
-from models.registry import Architecture, build_model, get_architecture
 
 __all__ = [
     "TrainConfig",

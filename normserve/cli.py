@@ -84,7 +84,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a registry architecture on its bundled or generated dataset; write a checkpoint."""
-    from models.train import TrainConfig, train_to_file
+    from normserve.models.train import TrainConfig, train_to_file
 
     target = out_path or Path("checkpoints") / f"{arch}.pt"
     try:
@@ -136,9 +136,9 @@ def export_cmd(
     force: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
 ) -> None:
     """Fold and freeze normalization, export to ONNX, prove parity, write a repository entry."""
-    from export.onnx_export import DEFAULT_OPSET
-    from export.parity import Tolerance
-    from export.pipeline import ExportOptions, run_export
+    from normserve.export.onnx_export import DEFAULT_OPSET
+    from normserve.export.parity import Tolerance
+    from normserve.export.pipeline import ExportOptions, run_export
 
     _importable_from_cwd()
     try:
@@ -215,8 +215,8 @@ def verify(
     ] = None,
 ) -> None:
     """Re-run the audit and the parity proof of an existing entry against its checkpoint."""
-    from export.parity import Tolerance
-    from export.verify import verify_entry
+    from normserve.export.parity import Tolerance
+    from normserve.export.verify import verify_entry
 
     _importable_from_cwd()
     try:
@@ -248,8 +248,8 @@ def serve(
     """Serve the model repository over HTTP (V2 protocol). Options override NORMSERVE_*."""
     from pydantic import ValidationError
 
-    from service.server import serve as run_server
-    from service.settings import Settings
+    from normserve.service.server import serve as run_server
+    from normserve.service.settings import Settings
 
     overrides = {
         k: v

@@ -8,17 +8,17 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from normserve.service.auth import BearerKey
+from normserve.service.errors import install_error_handlers
+from normserve.service.lane import InferLane
+from normserve.service.observe import ObserveMiddleware
+from normserve.service.openapi import install_openapi
+from normserve.service.routes import router
+from normserve.service.runtime import Runtime
+from normserve.service.settings import Settings
 from starlette.types import ASGIApp
 
 from normserve import __version__
-from service.auth import BearerKey
-from service.errors import install_error_handlers
-from service.lane import InferLane
-from service.observe import ObserveMiddleware
-from service.openapi import install_openapi
-from service.routes import router
-from service.runtime import Runtime
-from service.settings import Settings
 
 __all__ = ["create_app"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hmac
 
+from normserve.service.errors import Unauthorized
 from pydantic import SecretStr
-
-from service.errors import Unauthorized
 
 __all__ = ["BearerKey"]
 

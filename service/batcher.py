@@ -29,8 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from service.errors import InferenceFailed, QueueFull, QueueTimeout, ServeError, Unavailable
+from normserve.service.errors import (
+    InferenceFailed,
+    QueueFull,
+    QueueTimeout,
+    ServeError,
+    Unavailable,
+)
 
 __all__ = ["BatchPolicy", "BatchResult", "Batcher", "RunFn"]
 

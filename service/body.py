@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from normserve.service.errors import BadRequest, PayloadTooLarge
 from starlette.types import Message, Receive
-
-from service.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["read_body"]
 

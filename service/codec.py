@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from service.datatypes import to_numpy_dtype
-from service.errors import BadRequest
-from service.model import LoadedModel
-from service.repository import TensorSpec
+from normserve.service.datatypes import to_numpy_dtype
+from normserve.service.errors import BadRequest
+from normserve.service.model import LoadedModel
+from normserve.service.repository import TensorSpec
 
 __all__ = [
     "InferRequest",

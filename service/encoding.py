@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding
+from normserve.service.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding
 
 __all__ = ["choose_encoding", "compress", "decompress"]
 

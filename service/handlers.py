@@ -7,19 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from normserve import __version__
-from service.codec import (
+from normserve.service.codec import (
     decode_infer_request,
     encode_infer_response,
     parse_json_body,
     split_body,
 )
-from service.errors import ServeError
-from service.predict import decode_predict_request, encode_predictions
-from service.servable import Servable, batch_policy
-from service.settings import Settings
-from service.store import ModelStore
+from normserve.service.errors import ServeError
+from normserve.service.predict import decode_predict_request, encode_predictions
+from normserve.service.servable import Servable, batch_policy
+from normserve.service.settings import Settings
+from normserve.service.store import ModelStore
+
+from normserve import __version__
 
 __all__ = [
     "InferOutcome",

@@ -13,15 +13,14 @@ import logging
 import re
 
 import orjson
+from normserve.service import handlers
+from normserve.service.auth import BearerKey
+from normserve.service.body import read_body
+from normserve.service.encoding import choose_encoding, compress, decompress
+from normserve.service.errors import ServeError
+from normserve.service.handlers import InferOutcome
+from normserve.service.runtime import Runtime
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from service import handlers
-from service.auth import BearerKey
-from service.body import read_body
-from service.encoding import choose_encoding, compress, decompress
-from service.errors import ServeError
-from service.handlers import InferOutcome
-from service.runtime import Runtime
 
 __all__ = ["InferLane"]
 

@@ -8,8 +8,7 @@ import sys
 import time
 
 import orjson
-
-from service.settings import Settings
+from normserve.service.settings import Settings
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
 

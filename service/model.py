@@ -7,11 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-
-from service.datatypes import V2_BY_ONNX, to_numpy_dtype
-from service.providers import CUDA
-from service.repository import ModelConfig, RepositoryError, TensorSpec, VersionEntry, read_entry
-from service.settings import Settings
+from normserve.service.datatypes import V2_BY_ONNX, to_numpy_dtype
+from normserve.service.providers import CUDA
+from normserve.service.repository import (
+    ModelConfig,
+    RepositoryError,
+    TensorSpec,
+    VersionEntry,
+    read_entry,
+)
+from normserve.service.settings import Settings
 
 __all__ = ["LoadedModel", "check_golden_probe", "load_model"]
 

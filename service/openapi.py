@@ -16,8 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-
-from service.datatypes import NUMPY_BY_V2
+from normserve.service.datatypes import NUMPY_BY_V2
 
 __all__ = ["install_openapi"]
 

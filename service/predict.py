@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from service.codec import check_shape, to_array, top_k_indices
-from service.errors import BadRequest
-from service.model import LoadedModel
+from normserve.service.codec import check_shape, to_array, top_k_indices
+from normserve.service.errors import BadRequest
+from normserve.service.model import LoadedModel
 
 __all__ = ["decode_predict_request", "encode_predictions", "probabilities"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from normserve.service.datatypes import NUMPY_BY_V2
 
 from normserve.errors import UserError
-from service.datatypes import NUMPY_BY_V2
 
 __all__ = [
     "MODEL_FORMAT",

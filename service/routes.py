@@ -13,13 +13,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from normserve.service import handlers
+from normserve.service.body import read_body
+from normserve.service.errors import BadRequest, Forbidden
+from normserve.service.metrics import CONTENT_TYPE
+from normserve.service.runtime import Runtime
 from starlette.responses import Response
-
-from service import handlers
-from service.body import read_body
-from service.errors import BadRequest, Forbidden
-from service.metrics import CONTENT_TYPE
-from service.runtime import Runtime
 
 __all__ = ["router"]
 

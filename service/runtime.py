@@ -14,20 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import BadRequest, NotFound, Unavailable
-from service.metrics import Metrics
-from service.model import load_model
-from service.providers import select_providers
-from service.repository import (
+from normserve.service.errors import BadRequest, NotFound, Unavailable
+from normserve.service.metrics import Metrics
+from normserve.service.model import load_model
+from normserve.service.providers import select_providers
+from normserve.service.repository import (
     RepositoryError,
     VersionEntry,
     is_model_name,
     scan_model,
     scan_repository,
 )
-from service.servable import Servable, make_servable
-from service.settings import Settings
-from service.store import ModelStore
+from normserve.service.servable import Servable, make_servable
+from normserve.service.settings import Settings
+from normserve.service.store import ModelStore
 
 __all__ = ["Runtime"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.batcher import Batcher, BatchPolicy
-from service.metrics import Metrics
-from service.model import LoadedModel
-from service.repository import ModelConfig, VersionEntry
-from service.settings import Settings
-from service.stats import ModelStats
+from normserve.service.batcher import Batcher, BatchPolicy
+from normserve.service.metrics import Metrics
+from normserve.service.model import LoadedModel
+from normserve.service.repository import ModelConfig, VersionEntry
+from normserve.service.settings import Settings
+from normserve.service.stats import ModelStats
 
 __all__ = ["Servable", "batch_policy", "make_servable"]
 

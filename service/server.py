@@ -8,12 +8,11 @@ import time
 from types import FrameType
 
 import uvicorn
-
-from service.app import create_app
-from service.logs import configure_logging
-from service.protocol import JsonErrorHttpToolsProtocol
-from service.runtime import Runtime
-from service.settings import Settings
+from normserve.service.app import create_app
+from normserve.service.logs import configure_logging
+from normserve.service.protocol import JsonErrorHttpToolsProtocol
+from normserve.service.runtime import Runtime
+from normserve.service.settings import Settings
 
 __all__ = ["DrainingServer", "serve"]
 

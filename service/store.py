@@ -6,8 +6,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from service.errors import BadRequest, NotFound
-from service.servable import Servable
+from normserve.service.errors import BadRequest, NotFound
+from normserve.service.servable import Servable
 
 __all__ = ["ModelStore", "parse_version"]
 

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits_cnn trained for 3 epochs (about a second): BN statistics are real, not 0/1."""
-    from models.train import TrainConfig, train_to_file
+    from normserve.models.train import TrainConfig, train_to_file
 
     path = tmp_path_factory.mktemp("checkpoints") / "digits_cnn.pt"
     train_to_file(TrainConfig(epochs=3, seed=1), path)
@@ -20,7 +20,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_repository(tmp_path_factory: pytest.TempPathFactory, digits_checkpoint: Path) -> Path:
     """A model repository holding ``digits/1`` exported from ``digits_checkpoint``."""
-    from export.pipeline import ExportOptions, run_export
+    from normserve.export.pipeline import ExportOptions, run_export
 
     repository = tmp_path_factory.mktemp("repository")
     run_export(ExportOptions(checkpoint=digits_checkpoint, repository=repository, name="digits"))

@@ -41,8 +41,7 @@ class HealthRoutes:
 def health_routes(digits_repository: Path) -> HealthRoutes:
     """Read the routes from the real app and ask each one, before and after start-up."""
     from fastapi.testclient import TestClient
-
-    from service import Settings, create_app
+    from normserve.service import Settings, create_app
 
     app = create_app(Settings(repository=digits_repository, provider="cpu", intra_op_threads=1))
     # The app's own route table, as it publishes it (FastAPI includes routers lazily, so
@@ -68,7 +67,7 @@ def health_routes(digits_repository: Path) -> HealthRoutes:
 @pytest.fixture(scope="session")
 def settings_fields() -> dict[str, object]:
     """Settings field name -> pydantic FieldInfo, from the real class."""
-    from service.settings import Settings
+    from normserve.service.settings import Settings
 
     return dict(Settings.model_fields)
 

@@ -44,7 +44,7 @@ def _only_these(env: Mapping[str, str]) -> Iterator[None]:
 def settings_from_env(env: Mapping[str, str]) -> Any:
     """Settings as the server builds them inside the container from exactly ``env``: the same
     environment source, the same validation."""
-    from service.settings import Settings
+    from normserve.service.settings import Settings
 
     with _only_these(env):
         return Settings()

@@ -6,17 +6,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
-from torch import nn
-
-from export.comparison import Tolerance
-from export.cross_checks import (
+from normserve.export.comparison import Tolerance
+from normserve.export.cross_checks import (
     cuda_check,
     cuda_unavailable_reason,
     device_check,
     reference_evaluator_check,
     tf32_disabled,
 )
+from onnx import TensorProto, helper
+from torch import nn
 
 TOL = Tolerance(rtol=1e-5, atol=1e-6)
 

@@ -15,14 +15,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from normserve.export.audit import audit_graph, census
+from normserve.export.cross_checks import cuda_unavailable_reason
+from normserve.export.errors import ExportError
+from normserve.export.module_export import ModuleExport, export_module
+from normserve.export.parity import Tolerance
 from onnx import TensorProto, helper
 from torch import nn
 
-from export.audit import audit_graph, census
-from export.cross_checks import cuda_unavailable_reason
-from export.errors import ExportError
-from export.module_export import ModuleExport, export_module
-from export.parity import Tolerance
 from tests.export.test_fold import randomize_, randomize_bn
 
 RTOL, ATOL = 1e-4, 1e-5  # the export's default gate (DESIGN.md §3)
@@ -231,7 +231,7 @@ def test_per_sample_norms_become_onnx_ops_never_group_normalization_18():
 def test_stock_exporter_would_leave_a_batch_normalization_for_running_stats_instance_norm():
     # Why the freeze above matters: exported as-is, InstanceNorm with running statistics is a
     # BatchNormalization node, which the audit refuses.
-    from export.onnx_export import export_onnx
+    from normserve.export.onnx_export import export_onnx
 
     model = _randomized(nn.Sequential(nn.InstanceNorm2d(3, track_running_stats=True)), 9)
     proto = export_onnx(model, torch.randn(2, 3, 4, 4), input_name="input", output_name="out")

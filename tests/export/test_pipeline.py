@@ -12,12 +12,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from export.errors import ExportError, ParityError
-from export.parity import Tolerance
-from export.pipeline import ExportOptions, build_eval_model, run_export
-from models.checkpoint import CheckpointError, load_checkpoint
-from models.datasets import load_dataset
+from normserve.export.errors import ExportError, ParityError
+from normserve.export.parity import Tolerance
+from normserve.export.pipeline import ExportOptions, build_eval_model, run_export
+from normserve.models.checkpoint import CheckpointError, load_checkpoint
+from normserve.models.datasets import load_dataset
 
 # The tolerances export gates on by default (DESIGN.md §3); the tests hold exports to them.
 RTOL, ATOL = 1e-4, 1e-5
@@ -206,7 +205,8 @@ def user_state_dict(tmp_path: Path) -> Path:
 def test_bare_state_dict_of_a_user_architecture_exports_and_verifies(
     user_state_dict: Path, tmp_path: Path
 ):
-    from export.verify import verify_entry
+    from normserve.export.verify import verify_entry
+
     from tests.export.user_models import trained_tiny_net
 
     repository = tmp_path / "repo"
@@ -283,7 +283,7 @@ def test_verify_refuses_a_tampered_entry(
 ):
     import shutil
 
-    from export.verify import verify_entry
+    from normserve.export.verify import verify_entry
 
     copy = tmp_path / "copy"
     shutil.copytree(digits_repository / "digits" / "1", copy)

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from export.pipeline import ExportOptions, run_export
-from models.registry import get_architecture, list_architectures
-from models.train import TrainConfig, train_to_file
-from service import Settings, create_app
+from normserve.export.pipeline import ExportOptions, run_export
+from normserve.models.registry import get_architecture, list_architectures
+from normserve.models.train import TrainConfig, train_to_file
+from normserve.service import Settings, create_app
 
 # What each architecture must fold, freeze and keep (the fold decisions are the product).
 EXPECTED = {

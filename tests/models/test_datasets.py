@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from models.datasets import DatasetError, load_dataset
+from normserve.models.datasets import DatasetError, load_dataset
 
 
 def test_digits_split_is_seeded_disjoint_and_complete():

@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from models.checkpoint import load_checkpoint
-from models.train import TrainConfig, train, train_to_file
+from normserve.models.checkpoint import load_checkpoint
+from normserve.models.train import TrainConfig, train, train_to_file
 
 
 def test_default_training_reaches_95_percent_and_records_batch_norm_statistics():

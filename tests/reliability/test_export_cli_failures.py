@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from normserve.export import repository as export_repository
+from normserve.export.errors import ExportError
 from typer.testing import CliRunner
 
-from export import repository as export_repository
-from export.errors import ExportError
 from normserve.cli import app
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from service import errors
-from service.settings import Settings
+from normserve.service import errors
+from normserve.service.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "## Limits and failure behaviour"

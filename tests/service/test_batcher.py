@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.batcher import Batcher, BatchPolicy
-from service.errors import InferenceFailed, QueueFull, QueueTimeout, Unavailable
-from service.model import load_model
-from service.repository import scan_repository
-from service.settings import Settings
+from normserve.service.batcher import Batcher, BatchPolicy
+from normserve.service.errors import InferenceFailed, QueueFull, QueueTimeout, Unavailable
+from normserve.service.model import load_model
+from normserve.service.repository import scan_repository
+from normserve.service.settings import Settings
 
 # The export's parity gate: the same graph at another batch size may take another kernel path.
 RTOL, ATOL = 1e-5, 1e-6

@@ -177,7 +177,7 @@ def test_unknown_names_and_routes(
 
 
 def test_body_over_the_limit_is_413(repository):
-    from service import Settings, create_app
+    from normserve.service import Settings, create_app
 
     settings = Settings(repository=repository, provider="cpu", max_body_bytes=1024)
     with TestClient(create_app(settings)) as small:
@@ -186,8 +186,8 @@ def test_body_over_the_limit_is_413(repository):
 
 
 def test_not_ready_is_503_with_retry_after(settings):
-    from service import create_app
-    from service.runtime import Runtime
+    from normserve.service import create_app
+    from normserve.service.runtime import Runtime
 
     app = create_app(settings, Runtime(settings=settings))
     with TestClient(app) as c:
