@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from normserve.export.onnx_export import export_onnx
 from normserve.export.pipeline import ExportOptions, build_eval_model, parity_inputs, run_export
 from normserve.models.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from normserve.models.datasets import load_dataset
 from normserve.models.registry import build_model, get_architecture, list_architectures
-from torch import nn
 
 __all__ = [
     "PAYLOAD_ARCH",

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from normserve.export.audit import census, ort_optimized_census
-from normserve.export.onnx_export import DEFAULT_OPSET
-from normserve.export.parity import Tolerance, compare, make_session
-from normserve.models.registry import list_architectures
 
 from benchmarks.bench_models import export_unfolded
 from benchmarks.charts import COLORS, figure, save
 from benchmarks.context import Context
 from benchmarks.stats import interleave, spread
 from benchmarks.timing import block_mean, calls_per_block
+from normserve.export.audit import census, ort_optimized_census
+from normserve.export.onnx_export import DEFAULT_OPSET
+from normserve.export.parity import Tolerance, compare, make_session
+from normserve.models.registry import list_architectures
 
 NAME = "compute"
 BATCH_SIZES = (1, 8, 64)

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from benchmarks.http_client import HttpResponse, encode_request
+from normserve.model_repository import numpy_dtype, v2_datatype
 
 __all__ = [
     "BINARY_EXTENSION",
@@ -26,24 +27,13 @@ __all__ = [
 
 BINARY_EXTENSION = "binary_tensor_data"
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_V2_BY_NUMPY = {
-    "float32": "FP32",
-    "float64": "FP64",
-    "float16": "FP16",
-    "int64": "INT64",
-    "int32": "INT32",
-    "int8": "INT8",
-    "uint8": "UINT8",
-    "bool": "BOOL",
-}
-_NUMPY_BY_V2 = {v: np.dtype(k) for k, v in _V2_BY_NUMPY.items()}
 
 
 def _datatype(array: np.ndarray) -> str:
-    try:
-        return _V2_BY_NUMPY[str(array.dtype)]
-    except KeyError:
-        raise ValueError(f"no V2 datatype for numpy {array.dtype}") from None
+    datatype = v2_datatype(numpy=array.dtype)
+    if datatype is None:
+        raise ValueError(f"no V2 datatype for numpy {array.dtype}")
+    return datatype
 
 
 def json_body(inputs: dict[str, np.ndarray]) -> bytes:
@@ -122,7 +112,7 @@ def decode_response(response: HttpResponse) -> dict[str, np.ndarray]:
     offset = header_length
     outputs: dict[str, np.ndarray] = {}
     for item in header["outputs"]:
-        dtype = _NUMPY_BY_V2[item["datatype"]].newbyteorder("<")
+        dtype = numpy_dtype(item["datatype"]).newbyteorder("<")
         size = (item.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             data = np.frombuffer(

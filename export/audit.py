@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+
 from normserve.export.errors import ExportError
 
 __all__ = [

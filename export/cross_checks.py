@@ -18,10 +18,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from normserve.export.comparison import Comparison, CrossCheck, Tolerance, compare
-from normserve.export.sessions import LEVELS, make_session
 from onnx.reference import ReferenceEvaluator
 from torch import nn
+
+from normserve.export.comparison import Comparison, CrossCheck, Tolerance, compare
+from normserve.export.sessions import LEVELS, make_session
 
 __all__ = [
     "REFERENCE_MAX_BATCH",

@@ -24,8 +24,9 @@ from __future__ import annotations
 import copy
 
 import torch
-from normserve.export.errors import ExportError
 from torch import nn
+
+from normserve.export.errors import ExportError
 
 __all__ = [
     "FrozenAffine",

@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import fx, nn
+from torch.fx.operator_schemas import normalize_function
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import parametrize
+
 from normserve.export.errors import ExportError
 from normserve.export.fold import (
     FrozenAffine,
@@ -41,10 +46,6 @@ from normserve.export.fold import (
     freeze_batch_norm,
     pads_with_zeros,
 )
-from torch import fx, nn
-from torch.fx.operator_schemas import normalize_function
-from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn.utils import parametrize
 
 __all__ = ["Decision", "FreezeReport", "freeze_normalization", "is_standard"]
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+
 from normserve.export.audit import audit_graph
 from normserve.export.errors import ExportError
 from normserve.export.freeze import FreezeReport, freeze_normalization
@@ -27,7 +29,6 @@ from normserve.export.parity import (
     prove_parity,
     require_parity,
 )
-from torch import nn
 
 __all__ = ["ModuleExport", "export_module", "export_sample"]
 

@@ -9,8 +9,9 @@ import warnings
 
 import onnx
 import torch
-from normserve.export.errors import ExportError
 from torch import nn
+
+from normserve.export.errors import ExportError
 
 __all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "export_onnx"]
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
+
 from normserve.export.comparison import Comparison, CrossCheck, Tolerance, compare
 from normserve.export.cross_checks import cuda_check, reference_evaluator_check
 from normserve.export.errors import ExportError, ParityError
 from normserve.export.sessions import LEVELS, make_session
-from torch import nn
 
 __all__ = [
     "BATCH_SIZES",

@@ -14,17 +14,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch import nn
+
 from normserve.export.errors import ExportError
 from normserve.export.freeze import FreezeReport
 from normserve.export.module_export import ModuleExport, export_module
 from normserve.export.onnx_export import DEFAULT_OPSET
 from normserve.export.parity import ParityReport, Tolerance
-from normserve.export.repository import MODEL_FORMAT, plan_entry, write_entry
 from normserve.export.sessions import make_session
+from normserve.model_repository import (
+    GoldenProbe,
+    ModelConfig,
+    TensorSpec,
+    plan_entry,
+    v2_datatype,
+    write_entry,
+)
 from normserve.models.checkpoint import Checkpoint, load_checkpoint
 from normserve.models.datasets import load_dataset
 from normserve.models.registry import ArchitectureError, build_model, get_architecture
-from torch import nn
 
 __all__ = [
     "ExportOptions",
@@ -37,7 +45,6 @@ __all__ = [
 ]
 
 Step = Callable[[str], None]
-_V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16"}
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
 
 
@@ -62,9 +69,14 @@ class ExportResult:
     path: Path
     name: str
     version: int
-    metadata: dict[str, Any]
+    config: ModelConfig
     parity: ParityReport
     freeze: FreezeReport
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The ``model.json`` document that was written."""
+        return self.config.to_json()
 
 
 def sha256_file(path: Path) -> str:
@@ -110,7 +122,7 @@ def parity_inputs(checkpoint: Checkpoint, count: int = 64) -> tuple[torch.Tensor
 
 def golden_probe(
     model_bytes: bytes, inputs: torch.Tensor, input_name: str, output_name: str, tol: Tolerance
-) -> dict[str, Any]:
+) -> GoldenProbe:
     """Two real inputs and ONNX Runtime's outputs for them, as V2 JSON tensors.
 
     The server runs them on every new version before swapping it in and refuses the version
@@ -118,59 +130,31 @@ def golden_probe(
     """
     batch = inputs[torch.arange(2) % len(inputs)].numpy()
     (output,) = make_session(model_bytes, "ORT_ENABLE_ALL").run([output_name], {input_name: batch})
-
-    def tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-        datatype = _V2_DATATYPES[str(array.dtype)]
-        return {
-            "name": name,
-            "datatype": datatype,
-            "shape": list(array.shape),
-            "data": array.ravel().tolist(),
-        }
-
-    return {
-        "inputs": [tensor(input_name, batch)],
-        "outputs": [tensor(output_name, output)],
-        "rtol": tol.rtol,
-        "atol": tol.atol,
-    }
+    return GoldenProbe({input_name: batch}, {output_name: output}, rtol=tol.rtol, atol=tol.atol)
 
 
-def _metadata(
+def _model_config(
     *,
     checkpoint: Checkpoint,
     options: ExportOptions,
     name: str,
     version: int,
     result: ModuleExport,
-    probe: dict[str, Any],
-) -> dict[str, Any]:
-    datatype = _V2_DATATYPES[checkpoint.input.dtype]
-    return {
-        "format": MODEL_FORMAT,
-        "name": name,
-        "version": version,
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {
-                "name": checkpoint.input.name,
-                "datatype": datatype,
-                "shape": [-1, *checkpoint.input.shape],
-            }
-        ],
-        "outputs": [
-            {
-                "name": checkpoint.output_name,
-                "datatype": datatype,
-                "shape": [-1, *result.output_shape],
-            }
-        ],
-        "max_batch_size": options.max_batch_size,
-        "labels": checkpoint.labels,
-        "preprocess": checkpoint.preprocess,
-        "onnx_sha256": hashlib.sha256(result.onnx_bytes).hexdigest(),
-        "golden_probe": probe,
-        "export": {
+    probe: GoldenProbe,
+) -> ModelConfig:
+    datatype = v2_datatype(numpy=checkpoint.input.dtype)
+    assert datatype is not None, checkpoint.input.dtype  # the checkpoint reader checked it
+    return ModelConfig(
+        name=name,
+        version=version,
+        inputs=(TensorSpec(checkpoint.input.name, datatype, (-1, *checkpoint.input.shape)),),
+        outputs=(TensorSpec(checkpoint.output_name, datatype, (-1, *result.output_shape)),),
+        max_batch_size=options.max_batch_size,
+        labels=checkpoint.labels,
+        preprocess=checkpoint.preprocess,
+        onnx_sha256=hashlib.sha256(result.onnx_bytes).hexdigest(),
+        golden_probe=probe,
+        export={
             "checkpoint_sha256": sha256_file(options.checkpoint),
             "arch": checkpoint.arch,
             "arch_config": checkpoint.arch_config,
@@ -190,7 +174,7 @@ def _metadata(
             },
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
-    }
+    )
 
 
 def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult:
@@ -220,7 +204,7 @@ def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult
         inputs_kind=inputs_kind,
         step=say,
     )
-    metadata = _metadata(
+    config = _model_config(
         checkpoint=checkpoint,
         options=options,
         name=name,
@@ -234,5 +218,5 @@ def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult
             options.tolerance,
         ),
     )
-    write_entry(target, result.onnx_bytes, metadata, options.force)
-    return ExportResult(target, name, version, metadata, result.parity, result.freeze)
+    write_entry(target, result.onnx_bytes, config, options.force)
+    return ExportResult(target, name, version, config, result.parity, result.freeze)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnxruntime as ort
+
 from normserve.export.errors import ExportError
 
 __all__ = ["LEVELS", "Provider", "make_session"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from normserve.models.digits_cnn import PIXEL_MEAN, PIXEL_STD
 from normserve.models.layers import Normalize
 from normserve.models.registry import register
-from torch import nn
 
 __all__ = ["ConvDecoder", "ConvDecoderConfig", "conv_decoder"]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from normserve.models.layers import Normalize
 from normserve.models.registry import register
-from torch import nn
 
 __all__ = ["DigitsCNN", "DigitsCNNConfig", "digits_cnn"]
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from normserve.models.datasets import SHAPES
 from normserve.models.layers import Normalize
 from normserve.models.registry import register
 from normserve.models.resnet_cifar import PIXEL_MEAN, PIXEL_STD
-from torch import nn
 
 __all__ = ["MixNorm", "MixNormConfig", "mixnorm"]
 

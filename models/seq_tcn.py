@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from normserve.models.datasets import WAVE_FREQUENCIES, WAVES_FEATURES
 from normserve.models.registry import register
-from torch import nn
 
 __all__ = ["SeqTCN", "SeqTCNConfig", "seq_tcn"]
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from normserve.models.checkpoint import Checkpoint, InputSpec, save_checkpoint
 from normserve.models.datasets import Dataset, load_dataset
 from normserve.models.registry import Architecture, build_model, get_architecture
-from torch import nn
 
 __all__ = [
     "TrainConfig",

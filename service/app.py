@@ -8,6 +8,9 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from normserve import __version__
 from normserve.service.auth import BearerKey
 from normserve.service.errors import install_error_handlers
 from normserve.service.lane import InferLane
@@ -16,9 +19,6 @@ from normserve.service.openapi import install_openapi
 from normserve.service.routes import router
 from normserve.service.runtime import Runtime
 from normserve.service.settings import Settings
-from starlette.types import ASGIApp
-
-from normserve import __version__
 
 __all__ = ["create_app"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from normserve.service.errors import Unauthorized
 from pydantic import SecretStr
+
+from normserve.service.errors import Unauthorized
 
 __all__ = ["BearerKey"]
 

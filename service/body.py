@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from normserve.service.errors import BadRequest, PayloadTooLarge
 from starlette.types import Message, Receive
+
+from normserve.service.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["read_body"]
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from normserve.service.datatypes import to_numpy_dtype
+
+from normserve.model_repository import TensorSpec, numpy_dtype, parse_ascii_int
 from normserve.service.errors import BadRequest
 from normserve.service.model import LoadedModel
-from normserve.service.repository import TensorSpec
 
 __all__ = [
     "InferRequest",
@@ -77,12 +77,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     if header_length is None:
         return body, memoryview(b"")
     text = header_length.strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    length = parse_ascii_int(text)
+    if length is None:
         raise BadRequest(
             "Inference-Header-Content-Length must be a non-negative integer of at most 18 "
             f"digits, got {text[:32]!r}"
         )
-    length = int(text)
     if length > len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes"
@@ -141,7 +141,7 @@ def to_array(data: object, spec: TensorSpec, shape: tuple[int, ...], field: str)
     count = math.prod(shape)
     if raw.size != count:
         raise BadRequest(f"{field}: shape {list(shape)} needs {count} values, got {raw.size}")
-    dtype = to_numpy_dtype(spec.datatype)
+    dtype = numpy_dtype(spec.datatype)
     kinds = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[dtype.kind]
     if raw.size and raw.dtype.kind not in kinds:
         wanted = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
@@ -172,7 +172,7 @@ def _from_binary(
     """``size`` raw little-endian bytes at ``offset`` → an array (no copy when aligned)."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise BadRequest(f"{field}.parameters.binary_data_size: expected a non-negative integer")
-    dtype = to_numpy_dtype(spec.datatype)
+    dtype = numpy_dtype(spec.datatype)
     expected = math.prod(shape) * dtype.itemsize
     if size != expected:
         raise BadRequest(

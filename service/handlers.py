@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from normserve import __version__
+from normserve.model_repository import DATATYPES
 from normserve.service.codec import (
     decode_infer_request,
     encode_infer_response,
@@ -19,8 +22,6 @@ from normserve.service.servable import Servable, batch_policy
 from normserve.service.settings import Settings
 from normserve.service.store import ModelStore
 
-from normserve import __version__
-
 __all__ = [
     "InferOutcome",
     "infer",
@@ -32,21 +33,6 @@ __all__ = [
 ]
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
-
-_TRITON_TYPES = {
-    "BOOL": "TYPE_BOOL",
-    "UINT8": "TYPE_UINT8",
-    "UINT16": "TYPE_UINT16",
-    "UINT32": "TYPE_UINT32",
-    "UINT64": "TYPE_UINT64",
-    "INT8": "TYPE_INT8",
-    "INT16": "TYPE_INT16",
-    "INT32": "TYPE_INT32",
-    "INT64": "TYPE_INT64",
-    "FP16": "TYPE_FP16",
-    "FP32": "TYPE_FP32",
-    "FP64": "TYPE_FP64",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +89,7 @@ def model_config(servable: Servable, settings: Settings) -> dict[str, Any]:
         "input": [
             {
                 "name": s.name,
-                "data_type": _TRITON_TYPES[s.datatype],
+                "data_type": DATATYPES[s.datatype].triton,
                 "format": "FORMAT_NONE",
                 "dims": list(s.shape[1:]),
             }
@@ -112,7 +98,7 @@ def model_config(servable: Servable, settings: Settings) -> dict[str, Any]:
         "output": [
             {
                 "name": s.name,
-                "data_type": _TRITON_TYPES[s.datatype],
+                "data_type": DATATYPES[s.datatype].triton,
                 "dims": list(s.shape[1:]),
                 "label_filename": "",
             }

@@ -13,6 +13,8 @@ import logging
 import re
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from normserve.service import handlers
 from normserve.service.auth import BearerKey
 from normserve.service.body import read_body
@@ -20,7 +22,6 @@ from normserve.service.encoding import choose_encoding, compress, decompress
 from normserve.service.errors import ServeError
 from normserve.service.handlers import InferOutcome
 from normserve.service.runtime import Runtime
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["InferLane"]
 

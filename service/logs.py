@@ -8,6 +8,7 @@ import sys
 import time
 
 import orjson
+
 from normserve.service.settings import Settings
 
 __all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]

@@ -7,15 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-from normserve.service.datatypes import V2_BY_ONNX, to_numpy_dtype
-from normserve.service.providers import CUDA
-from normserve.service.repository import (
+
+from normserve.model_repository import (
     ModelConfig,
     RepositoryError,
     TensorSpec,
     VersionEntry,
+    numpy_dtype,
     read_entry,
+    v2_datatype,
 )
+from normserve.service.providers import CUDA
 from normserve.service.settings import Settings
 
 __all__ = ["LoadedModel", "check_golden_probe", "load_model"]
@@ -52,7 +54,7 @@ class LoadedModel:
     def warm_up(self) -> None:
         """One inference on a batch of zeros, so the first request pays no lazy set-up."""
         feed = {
-            spec.name: np.zeros((1, *spec.shape[1:]), dtype=to_numpy_dtype(spec.datatype))
+            spec.name: np.zeros((1, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype))
             for spec in self.config.inputs
         }
         self.run(feed, [spec.name for spec in self.config.outputs])
@@ -72,7 +74,7 @@ def _check_graph(config: ModelConfig, session: ort.InferenceSession, where: str)
             )
         for spec in declared:
             node = graph[spec.name]
-            if V2_BY_ONNX.get(node.type) != spec.datatype:
+            if v2_datatype(onnx=node.type) != spec.datatype:
                 raise RepositoryError(
                     f"{where}: {kind} {spec.name!r} is {node.type} in the graph, "
                     f"{spec.datatype} in model.json"
@@ -103,7 +105,7 @@ def check_golden_probe(model: LoadedModel, where: str) -> None:
         if model.output_spec(name) is None:
             raise RepositoryError(f"{where}: golden probe output {name!r} is not a model output")
     feed = {
-        name: array.astype(to_numpy_dtype(model.input_spec(name).datatype), copy=False)  # type: ignore[union-attr]
+        name: array.astype(numpy_dtype(model.input_spec(name).datatype), copy=False)  # type: ignore[union-attr]
         for name, array in probe.inputs.items()
     }
     names = list(probe.outputs)
@@ -112,19 +114,9 @@ def check_golden_probe(model: LoadedModel, where: str) -> None:
     except Exception as exc:
         raise RepositoryError(f"{where}: golden probe inference failed: {exc}") from exc
     for name, got in zip(names, actual, strict=True):
-        expected = probe.outputs[name]
-        if got.shape != expected.shape:
-            raise RepositoryError(
-                f"{where}: golden probe output {name!r} has shape {list(got.shape)}, "
-                f"recorded {list(expected.shape)}"
-            )
-        got64, want64 = got.astype(np.float64), expected.astype(np.float64)
-        if not np.allclose(got64, want64, rtol=probe.rtol, atol=probe.atol):
-            worst = float(np.max(np.abs(got64 - want64))) if got.size else 0.0
-            raise RepositoryError(
-                f"{where}: golden probe output {name!r} differs from the export's "
-                f"(max abs diff {worst:.3g} > rtol {probe.rtol:g}, atol {probe.atol:g})"
-            )
+        problem = probe.mismatch(name, got)
+        if problem is not None:
+            raise RepositoryError(f"{where}: golden probe output {name!r} {problem}")
 
 
 def _session_options(settings: Settings) -> ort.SessionOptions:

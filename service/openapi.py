@@ -16,11 +16,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-from normserve.service.datatypes import NUMPY_BY_V2
+
+from normserve.model_repository import DATATYPES
 
 __all__ = ["install_openapi"]
 
-_DATATYPES = sorted([*NUMPY_BY_V2, "BYTES"])
+_DATATYPES = sorted([*DATATYPES, "BYTES"])
 
 
 def _ref(name: str) -> dict[str, str]:

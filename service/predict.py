@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from normserve.service.codec import check_shape, to_array, top_k_indices
 from normserve.service.errors import BadRequest
 from normserve.service.model import LoadedModel

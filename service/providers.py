@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import onnxruntime as ort
-from normserve.service.settings import Provider
 
 from normserve.errors import UserError
+from normserve.service.settings import Provider
 
 __all__ = ["ProviderError", "select_providers"]
 

@@ -13,12 +13,13 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
 from normserve.service import handlers
 from normserve.service.body import read_body
 from normserve.service.errors import BadRequest, Forbidden
 from normserve.service.metrics import CONTENT_TYPE
 from normserve.service.runtime import Runtime
-from starlette.responses import Response
 
 __all__ = ["router"]
 

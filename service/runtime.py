@@ -14,17 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normserve.service.errors import BadRequest, NotFound, Unavailable
-from normserve.service.metrics import Metrics
-from normserve.service.model import load_model
-from normserve.service.providers import select_providers
-from normserve.service.repository import (
+from normserve.model_repository import (
     RepositoryError,
     VersionEntry,
     is_model_name,
     scan_model,
     scan_repository,
 )
+from normserve.service.errors import BadRequest, NotFound, Unavailable
+from normserve.service.metrics import Metrics
+from normserve.service.model import load_model
+from normserve.service.providers import select_providers
 from normserve.service.servable import Servable, make_servable
 from normserve.service.settings import Settings
 from normserve.service.store import ModelStore

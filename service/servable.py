@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from normserve.model_repository import ModelConfig, VersionEntry
 from normserve.service.batcher import Batcher, BatchPolicy
 from normserve.service.metrics import Metrics
 from normserve.service.model import LoadedModel
-from normserve.service.repository import ModelConfig, VersionEntry
 from normserve.service.settings import Settings
 from normserve.service.stats import ModelStats
 

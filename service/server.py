@@ -8,6 +8,7 @@ import time
 from types import FrameType
 
 import uvicorn
+
 from normserve.service.app import create_app
 from normserve.service.logs import configure_logging
 from normserve.service.protocol import JsonErrorHttpToolsProtocol

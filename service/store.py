@@ -6,21 +6,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from normserve.model_repository import parse_version
 from normserve.service.errors import BadRequest, NotFound
 from normserve.service.servable import Servable
 
-__all__ = ["ModelStore", "parse_version"]
+__all__ = ["ModelStore", "url_version"]
 
 
-def parse_version(raw: str) -> int:
-    """A version from a URL: a positive integer written in ASCII decimal digits (at most 18).
-
-    ``str.isdigit`` alone lets through digits that ``int`` refuses (superscripts) or reads as
-    others (Arabic-Indic), and ``int`` refuses strings over 4300 digits: length comes first.
-    """
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+def url_version(raw: str) -> int:
+    """A version from a URL, by the repository's version rule; 400 otherwise."""
+    version = parse_version(raw)
+    if version is None:
         raise BadRequest(f"version must be a positive integer, got {raw[:64]!r}")
-    return int(raw)
+    return version
 
 
 def _freeze(table: Mapping[str, Mapping[int, Servable]]) -> Mapping[str, Mapping[int, Servable]]:
@@ -67,7 +65,7 @@ class ModelStore:
             raise NotFound(f"model {name[:128]!r} is not in the repository")
         if version is None:
             return versions[next(reversed(versions))]
-        number = parse_version(version)
+        number = url_version(version)
         try:
             return versions[number]
         except KeyError:

@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+
 from normserve.service import Settings, create_app
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -41,6 +41,7 @@ class HealthRoutes:
 def health_routes(digits_repository: Path) -> HealthRoutes:
     """Read the routes from the real app and ask each one, before and after start-up."""
     from fastapi.testclient import TestClient
+
     from normserve.service import Settings, create_app
 
     app = create_app(Settings(repository=digits_repository, provider="cpu", intra_op_threads=1))

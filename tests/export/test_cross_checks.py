@@ -6,6 +6,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
+from torch import nn
+
 from normserve.export.comparison import Tolerance
 from normserve.export.cross_checks import (
     cuda_check,
@@ -14,8 +17,6 @@ from normserve.export.cross_checks import (
     reference_evaluator_check,
     tf32_disabled,
 )
-from onnx import TensorProto, helper
-from torch import nn
 
 TOL = Tolerance(rtol=1e-5, atol=1e-6)
 

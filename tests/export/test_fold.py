@@ -6,6 +6,9 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
 from normserve.export.errors import ExportError
 from normserve.export.fold import (
     FrozenAffine,
@@ -21,8 +24,6 @@ from normserve.export.fold import (
     freeze_batch_norm,
     norm_affine,
 )
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 # float32 end to end: conv/linear accumulate in float32, so differences of a few ulps times the
 # reduction size are expected; 1e-5 relative with a 1e-5 floor bounds them with room to spare.

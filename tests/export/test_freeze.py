@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from normserve.export.errors import ExportError
 from normserve.export.fold import FrozenAffine
 from normserve.export.freeze import freeze_normalization
 from normserve.models.registry import build_model
-from torch import nn
-
 from tests.export.test_fold import randomize_, randomize_bn
 
 # float32 through up to four layers of randomized weights (outputs reach |y| ~ 10, reductions over

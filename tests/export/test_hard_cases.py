@@ -15,14 +15,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper
+from torch import nn
+
 from normserve.export.audit import audit_graph, census
 from normserve.export.cross_checks import cuda_unavailable_reason
 from normserve.export.errors import ExportError
 from normserve.export.module_export import ModuleExport, export_module
 from normserve.export.parity import Tolerance
-from onnx import TensorProto, helper
-from torch import nn
-
 from tests.export.test_fold import randomize_, randomize_bn
 
 RTOL, ATOL = 1e-4, 1e-5  # the export's default gate (DESIGN.md §3)

@@ -12,9 +12,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from normserve.export.errors import ExportError, ParityError
 from normserve.export.parity import Tolerance
 from normserve.export.pipeline import ExportOptions, build_eval_model, run_export
+from normserve.model_repository import RepositoryError
 from normserve.models.checkpoint import CheckpointError, load_checkpoint
 from normserve.models.datasets import load_dataset
 
@@ -85,7 +87,7 @@ def test_second_export_gets_next_version_and_existing_needs_force(
     options = ExportOptions(checkpoint=digits_checkpoint, repository=tmp_path, name="d")
     assert run_export(options).version == 1
     assert run_export(options).version == 2
-    with pytest.raises(ExportError, match="already exists"):
+    with pytest.raises(RepositoryError, match="already exists"):
         run_export(
             ExportOptions(checkpoint=digits_checkpoint, repository=tmp_path, name="d", version=1)
         )
@@ -206,7 +208,6 @@ def test_bare_state_dict_of_a_user_architecture_exports_and_verifies(
     user_state_dict: Path, tmp_path: Path
 ):
     from normserve.export.verify import verify_entry
-
     from tests.export.user_models import trained_tiny_net
 
     repository = tmp_path / "repo"
@@ -285,10 +286,10 @@ def test_verify_refuses_a_tampered_entry(
 
     from normserve.export.verify import verify_entry
 
-    copy = tmp_path / "copy"
+    copy = tmp_path / "copy" / "digits" / "1"
     shutil.copytree(digits_repository / "digits" / "1", copy)
     data = bytearray((copy / "model.onnx").read_bytes())
     data[-10] ^= 0xFF
     (copy / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="does not match the onnx_sha256"):
+    with pytest.raises(RepositoryError, match=r"does not match model\.json's onnx_sha256"):
         verify_entry(copy, digits_checkpoint)

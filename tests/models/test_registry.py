@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from normserve.models.registry import ArchitectureError, build_model, list_architectures
 from torch import nn
+
+from normserve.models.registry import ArchitectureError, build_model, list_architectures
 
 
 def test_registry_builds_digits_cnn_with_config():

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from normserve.models.checkpoint import load_checkpoint
 from normserve.models.train import TrainConfig, train, train_to_file
 

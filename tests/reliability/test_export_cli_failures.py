@@ -14,17 +14,18 @@ can open: a file where a directory must go, /proc, /sys; a disk filling up mid-w
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from normserve.export import repository as export_repository
-from normserve.export.errors import ExportError
 from typer.testing import CliRunner
 
+import normserve.model_repository as export_repository
 from normserve.cli import app
+from normserve.model_repository import RepositoryError
 
 
 @pytest.fixture
@@ -232,6 +233,18 @@ def _failing_writer(written: list[Path]):
     return write
 
 
+def _config(onnx_bytes: bytes, version: int) -> export_repository.ModelConfig:
+    spec = (export_repository.TensorSpec("x", "FP32", (-1, 1)),)
+    return export_repository.ModelConfig(
+        name="m",
+        version=version,
+        inputs=spec,
+        outputs=spec,
+        max_batch_size=1,
+        onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+    )
+
+
 def test_a_disk_filling_up_mid_write_leaves_no_entry_and_keeps_the_old_one(
     tmp_path: Path, monkeypatch
 ):
@@ -239,17 +252,21 @@ def test_a_disk_filling_up_mid_write_leaves_no_entry_and_keeps_the_old_one(
     entry it was replacing byte for byte."""
     repository = tmp_path / "repo"
     old = repository / "m" / "1"
-    export_repository.write_entry(old, b"old onnx", {"version": 1}, force=False)
+    export_repository.write_entry(old, b"old onnx", _config(b"old onnx", 1), force=False)
     before = {p: p.read_bytes() for p in old.iterdir()}
     written: list[Path] = []
     monkeypatch.setattr(export_repository, "_write_file", _failing_writer(written))
     for target, force in [(repository / "m" / "2", False), (old, True)]:
-        with pytest.raises(ExportError, match="No space left on device"):
-            export_repository.write_entry(target, b"new onnx" * 100, {"version": 9}, force=force)
+        with pytest.raises(RepositoryError, match="No space left on device"):
+            export_repository.write_entry(
+                target, b"new onnx" * 100, _config(b"new onnx" * 100, 9), force=force
+            )
     assert written  # the writer was reached and failed mid-file
     assert tree(repository) == ["m", "m/1", "m/1/model.json", "m/1/model.onnx"]
-    with pytest.raises(ExportError, match="No space left on device"):
-        export_repository.write_entry(tmp_path / "new" / "m" / "1", b"x", {}, force=False)
+    with pytest.raises(RepositoryError, match="No space left on device"):
+        export_repository.write_entry(
+            tmp_path / "new" / "m" / "1", b"x", _config(b"x", 1), force=False
+        )
     assert not (tmp_path / "new").exists()
     assert {p: p.read_bytes() for p in old.iterdir()} == before
 

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from normserve.service import Settings, create_app
 
+from normserve.service import Settings, create_app
 from tests.service.fake_models import affine_reference, write_entry
 
 # |x| ≤ 100 and |W| ≤ 3 (float32 against a float64 reference).

@@ -15,10 +15,10 @@ import tracemalloc
 import zlib
 
 import pytest
-from normserve.service.encoding import decompress
-from normserve.service.errors import PayloadTooLarge
 
 from benchmarks.server_process import memory_kib
+from normserve.service.encoding import decompress
+from normserve.service.errors import PayloadTooLarge
 from tests.reliability.conftest import MAX_BODY_BYTES, assert_error, port_of
 from tests.reliability.raw_http import exchange, open_socket, read_response, request_bytes
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
+
 from normserve.service import Settings, create_app
 from normserve.service.auth import BearerKey
-
 from tests.reliability.conftest import ADMIN_KEY, API_KEY, bearer
 from tests.service.fake_models import write_entry
 from tests.service.process import Server, running_server
@@ -157,9 +157,10 @@ def test_keys_are_compared_with_hmac_compare_digest(monkeypatch):
     holds (a plain == would stop at the first differing byte)."""
     import hmac
 
+    from pydantic import SecretStr
+
     from normserve.service import auth
     from normserve.service.errors import Unauthorized
-    from pydantic import SecretStr
 
     calls: list[tuple[bytes, bytes]] = []
     compare = hmac.compare_digest

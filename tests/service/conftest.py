@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from normserve.service import Settings, create_app
 
+from normserve.service import Settings, create_app
 from tests.service.fake_models import write_entry
 
 

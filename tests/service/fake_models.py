@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from normserve.model_repository import GoldenProbe, ModelConfig, TensorSpec
+
 W = np.array([[1.0, -2.0], [0.5, 0.25], [-1.5, 3.0]], dtype=np.float32)  # (3, 2)
 B = np.array([0.1, -0.2], dtype=np.float32)
 
@@ -52,21 +54,8 @@ def affine_probe(version: int = 1, *, skew: float = 0.0) -> dict:
     """
     x = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=np.float32)
     y, z = affine_reference(x, version)
-
-    def tensor(name: str, array: np.ndarray) -> dict:
-        return {
-            "name": name,
-            "datatype": "FP32",
-            "shape": list(array.shape),
-            "data": array.astype(np.float32).ravel().tolist(),
-        }
-
-    return {
-        "inputs": [tensor("x", x)],
-        "outputs": [tensor("y", y + skew), tensor("z", z)],
-        "rtol": 1e-5,
-        "atol": 1e-6,
-    }
+    outputs = {"y": (y + skew).astype(np.float32), "z": z.astype(np.float32)}
+    return GoldenProbe({"x": x}, outputs, rtol=1e-5, atol=1e-6).to_json()
 
 
 def write_entry(
@@ -90,23 +79,17 @@ def write_entry(
     staging.mkdir(parents=True)
     final, entry = entry, staging
     (entry / "model.onnx").write_bytes(data)
-    meta = {
-        "format": "normserve.model/1",
-        "name": name,
-        "version": version,
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],
-        "outputs": [
-            {"name": "y", "datatype": "FP32", "shape": [-1, 2]},
-            {"name": "z", "datatype": "FP32", "shape": [-1, 2]},
-        ],
-        "max_batch_size": max_batch_size,
-        "labels": ["left", "right"],
-        "preprocess": None,
-        "onnx_sha256": hashlib.sha256(data).hexdigest(),
-        "export": {"arch": "hand-built affine", "opset": 18},
-        "golden_probe": affine_probe(version) if onnx_bytes is None else None,
-    }
+    meta = ModelConfig(
+        name=name,
+        version=version,
+        inputs=(TensorSpec("x", "FP32", (-1, 3)),),
+        outputs=(TensorSpec("y", "FP32", (-1, 2)), TensorSpec("z", "FP32", (-1, 2))),
+        max_batch_size=max_batch_size,
+        labels=["left", "right"],
+        onnx_sha256=hashlib.sha256(data).hexdigest(),
+        export={"arch": "hand-built affine", "opset": 18},
+    ).to_json()
+    meta["golden_probe"] = affine_probe(version) if onnx_bytes is None else None
     meta.update(overrides or {})
     (entry / "model.json").write_text(json.dumps(meta))
     if replace and final.exists():

@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from normserve.service import Settings, create_app
 
+from normserve.service import Settings, create_app
 from tests.service.fake_models import affine_reference, write_entry
 from tests.service.test_routes import assert_error, infer_body
 
@@ -439,8 +439,7 @@ def test_a_full_queue_is_503_with_retry_after(slow_queue: TestClient):
 
 
 def test_start_up_refuses_a_version_whose_golden_probe_fails(tmp_path: Path):
-    from normserve.service.repository import RepositoryError
-
+    from normserve.model_repository import RepositoryError
     from tests.service.fake_models import affine_probe
 
     root = tmp_path / "repo"

@@ -9,13 +9,13 @@ import zlib
 import numpy as np
 import orjson
 import pytest
+
+from normserve.model_repository import scan_repository
 from normserve.service.codec import decode_infer_request, encode_infer_response, split_body
 from normserve.service.encoding import choose_encoding, compress, decompress
 from normserve.service.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding
 from normserve.service.model import LoadedModel, load_model
-from normserve.service.repository import scan_repository
 from normserve.service.settings import Settings
-
 from tests.service.fake_models import write_entry
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from normserve.service.settings import Settings, settings_table
 
+from normserve.service.settings import Settings, settings_table
 from tests.service.process import Server, running_server
 
 README = Path(__file__).resolve().parents[2] / "README.md"
