@@ -16,8 +16,8 @@ __all__ = ["load_served_model"]
 def load_served_model(entry: Path, settings: dict[str, Any] | None = None) -> Any:
     """``service.model.LoadedModel`` for ``<repository>/<name>/<version>`` (``entry``)."""
     from normserve.model_repository import scan_repository
-    from normserve.service.model import load_model
-    from normserve.service.providers import select_providers
+    from normserve.service.runtime.loader import load_model
+    from normserve.service.runtime.providers import select_providers
     from normserve.service.settings import Settings
 
     root = entry.parent.parent

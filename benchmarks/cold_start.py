@@ -30,7 +30,7 @@ NAME = "cold_start"
 TARGET_READY_S = 1.0
 TARGET_RSS_MIB = 150.0
 SERVER = {"provider": "cpu", "log_level": "warning"}
-SERVE_IMPORTS = "import normserve.cli, service.server, service.app"
+SERVE_IMPORTS = "import normserve.cli, normserve.service.http.server, normserve.service.app"
 DEFAULT_REPOSITORY = Path(os.environ.get("NORMSERVE_BENCH_REPOSITORY", "model_repository"))
 
 

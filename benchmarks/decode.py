@@ -38,7 +38,7 @@ SERVER = {"provider": "cpu", "log_level": "warning"}
 
 def _decoder(model: Any) -> tuple[Any, str]:
     """The service's body → arrays path, as one callable ``(body, header_length) -> arrays``."""
-    from normserve.service import codec
+    from normserve.service.codecs import v2 as codec
 
     if hasattr(codec, "split_body"):
 

@@ -248,7 +248,7 @@ def serve(
     """Serve the model repository over HTTP (V2 protocol). Options override NORMSERVE_*."""
     from pydantic import ValidationError
 
-    from normserve.service.server import serve as run_server
+    from normserve.service.http.server import serve as run_server
     from normserve.service.settings import Settings
 
     overrides = {

@@ -11,13 +11,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from normserve import __version__
-from normserve.service.auth import BearerKey
 from normserve.service.errors import install_error_handlers
-from normserve.service.lane import InferLane
-from normserve.service.observe import ObserveMiddleware
-from normserve.service.openapi import install_openapi
-from normserve.service.routes import router
-from normserve.service.runtime import Runtime
+from normserve.service.http.auth import BearerKey
+from normserve.service.http.fastpath import InferLane
+from normserve.service.http.observe import ObserveMiddleware
+from normserve.service.http.openapi import install_openapi
+from normserve.service.http.routes import router
+from normserve.service.runtime.state import Runtime
 from normserve.service.settings import Settings
 
 __all__ = ["create_app"]

@@ -122,7 +122,7 @@ def test_a_route_missing_from_the_document_fails_the_build(hostile_repository):
     """The document is completed from a table in service/openapi.py: a new route that is not
     in it must break the build, not go undocumented."""
     from normserve.service import Settings, create_app
-    from normserve.service.openapi import build_openapi
+    from normserve.service.http.openapi import build_openapi
 
     app = create_app(Settings(repository=hostile_repository, provider="cpu"))
     assert "/v2/models/{model_name}/infer" in build_openapi(app)["paths"]

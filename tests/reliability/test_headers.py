@@ -17,8 +17,8 @@ import zlib
 import pytest
 
 from benchmarks.server_process import memory_kib
-from normserve.service.encoding import decompress
 from normserve.service.errors import PayloadTooLarge
+from normserve.service.http.codings import decompress
 from tests.reliability.conftest import MAX_BODY_BYTES, assert_error, port_of
 from tests.reliability.raw_http import exchange, open_socket, read_response, request_bytes
 

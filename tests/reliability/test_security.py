@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from normserve.service import Settings, create_app
-from normserve.service.auth import BearerKey
+from normserve.service.http.auth import BearerKey
 from tests.reliability.conftest import ADMIN_KEY, API_KEY, bearer
 from tests.service.fake_models import write_entry
 from tests.service.process import Server, running_server
@@ -159,8 +159,8 @@ def test_keys_are_compared_with_hmac_compare_digest(monkeypatch):
 
     from pydantic import SecretStr
 
-    from normserve.service import auth
     from normserve.service.errors import Unauthorized
+    from normserve.service.http import auth
 
     calls: list[tuple[bytes, bytes]] = []
     compare = hmac.compare_digest

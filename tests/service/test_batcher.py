@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from normserve.model_repository import scan_repository
-from normserve.service.batcher import Batcher, BatchPolicy
 from normserve.service.errors import InferenceFailed, QueueFull, QueueTimeout, Unavailable
-from normserve.service.model import load_model
+from normserve.service.runtime.batcher import Batcher, BatchPolicy
+from normserve.service.runtime.loader import load_model
 from normserve.service.settings import Settings
 
 # The export's parity gate: the same graph at another batch size may take another kernel path.

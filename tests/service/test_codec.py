@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from normserve.model_repository import scan_repository
-from normserve.service.codec import decode_infer_request, encode_infer_response, split_body
-from normserve.service.encoding import choose_encoding, compress, decompress
+from normserve.service.codecs.v2 import decode_infer_request, encode_infer_response, split_body
 from normserve.service.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding
-from normserve.service.model import LoadedModel, load_model
+from normserve.service.http.codings import choose_encoding, compress, decompress
+from normserve.service.runtime.loader import LoadedModel, load_model
 from normserve.service.settings import Settings
 from tests.service.fake_models import write_entry
 

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from normserve.service import Settings, create_app
-from normserve.service.providers import CPU, CUDA, ProviderError, select_providers
-from normserve.service.runtime import Runtime
+from normserve.service.runtime.providers import CPU, CUDA, ProviderError, select_providers
+from normserve.service.runtime.state import Runtime
 from tests.service.fake_models import affine_reference, write_entry
 from tests.service.test_routes import infer_body
 

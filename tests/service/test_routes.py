@@ -187,7 +187,7 @@ def test_body_over_the_limit_is_413(repository):
 
 def test_not_ready_is_503_with_retry_after(settings):
     from normserve.service import create_app
-    from normserve.service.runtime import Runtime
+    from normserve.service.runtime.state import Runtime
 
     app = create_app(settings, Runtime(settings=settings))
     with TestClient(app) as c:

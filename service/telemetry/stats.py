@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from normserve.service.metrics import ModelMetrics
+from normserve.service.telemetry.metrics import ModelMetrics
 
 __all__ = ["ModelStats"]
 

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from normserve.service.servable import Servable
+    from normserve.service.runtime.servable import Servable
 
 __all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
 

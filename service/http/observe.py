@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from normserve.service.runtime import Runtime
+    from normserve.service.runtime.state import Runtime
 
 __all__ = ["ObserveMiddleware"]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from normserve.service.codec import check_shape, to_array, top_k_indices
+from normserve.service.codecs.v2 import check_shape, to_array, top_k_indices
 from normserve.service.errors import BadRequest
-from normserve.service.model import LoadedModel
+from normserve.service.runtime.loader import LoadedModel
 
 __all__ = ["decode_predict_request", "encode_predictions", "probabilities"]
 

@@ -22,7 +22,7 @@ import orjson
 
 from normserve.model_repository import TensorSpec, numpy_dtype, parse_ascii_int
 from normserve.service.errors import BadRequest
-from normserve.service.model import LoadedModel
+from normserve.service.runtime.loader import LoadedModel
 
 __all__ = [
     "InferRequest",

@@ -10,17 +10,17 @@ import orjson
 
 from normserve import __version__
 from normserve.model_repository import DATATYPES
-from normserve.service.codec import (
+from normserve.service.codecs.v1 import decode_predict_request, encode_predictions
+from normserve.service.codecs.v2 import (
     decode_infer_request,
     encode_infer_response,
     parse_json_body,
     split_body,
 )
 from normserve.service.errors import ServeError
-from normserve.service.predict import decode_predict_request, encode_predictions
-from normserve.service.servable import Servable, batch_policy
+from normserve.service.runtime.servable import Servable, batch_policy
+from normserve.service.runtime.store import ModelStore
 from normserve.service.settings import Settings
-from normserve.service.store import ModelStore
 
 __all__ = [
     "InferOutcome",

@@ -17,7 +17,7 @@ from normserve.model_repository import (
     read_entry,
     v2_datatype,
 )
-from normserve.service.providers import CUDA
+from normserve.service.runtime.providers import CUDA
 from normserve.service.settings import Settings
 
 __all__ = ["LoadedModel", "check_golden_probe", "load_model"]

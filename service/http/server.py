@@ -10,10 +10,10 @@ from types import FrameType
 import uvicorn
 
 from normserve.service.app import create_app
-from normserve.service.logs import configure_logging
-from normserve.service.protocol import JsonErrorHttpToolsProtocol
-from normserve.service.runtime import Runtime
+from normserve.service.http.uvicorn_protocol import JsonErrorHttpToolsProtocol
+from normserve.service.runtime.state import Runtime
 from normserve.service.settings import Settings
+from normserve.service.telemetry.logs import configure_logging
 
 __all__ = ["DrainingServer", "serve"]
 

@@ -22,12 +22,12 @@ from normserve.model_repository import (
     scan_repository,
 )
 from normserve.service.errors import BadRequest, NotFound, Unavailable
-from normserve.service.metrics import Metrics
-from normserve.service.model import load_model
-from normserve.service.providers import select_providers
-from normserve.service.servable import Servable, make_servable
+from normserve.service.runtime.loader import load_model
+from normserve.service.runtime.providers import select_providers
+from normserve.service.runtime.servable import Servable, make_servable
+from normserve.service.runtime.store import ModelStore
 from normserve.service.settings import Settings
-from normserve.service.store import ModelStore
+from normserve.service.telemetry.metrics import Metrics
 
 __all__ = ["Runtime"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from normserve.model_repository import ModelConfig, VersionEntry
-from normserve.service.batcher import Batcher, BatchPolicy
-from normserve.service.metrics import Metrics
-from normserve.service.model import LoadedModel
+from normserve.service.runtime.batcher import Batcher, BatchPolicy
+from normserve.service.runtime.loader import LoadedModel
 from normserve.service.settings import Settings
-from normserve.service.stats import ModelStats
+from normserve.service.telemetry.metrics import Metrics
+from normserve.service.telemetry.stats import ModelStats
 
 __all__ = ["Servable", "batch_policy", "make_servable"]
 

@@ -15,11 +15,11 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from normserve.service import handlers
-from normserve.service.body import read_body
+from normserve.service import dataplane
 from normserve.service.errors import BadRequest, Forbidden
-from normserve.service.metrics import CONTENT_TYPE
-from normserve.service.runtime import Runtime
+from normserve.service.http.body import read_body
+from normserve.service.runtime.state import Runtime
+from normserve.service.telemetry.metrics import CONTENT_TYPE
 
 __all__ = ["router"]
 
@@ -65,7 +65,7 @@ async def health_ready(runtime: RuntimeDep) -> Response:
 
 @router.get("/v2", summary="Server metadata")
 async def server_metadata() -> Response:
-    return _json(handlers.server_metadata())
+    return _json(dataplane.server_metadata())
 
 
 @router.get("/metrics", summary="Prometheus metrics")
@@ -75,7 +75,7 @@ async def metrics(runtime: RuntimeDep) -> Response:
 
 @router.get("/v2/models/stats", summary="Statistics of every model version", dependencies=API_KEY)
 async def all_stats(runtime: RuntimeDep) -> Response:
-    return _json(handlers.model_stats(list(runtime.require_ready())))
+    return _json(dataplane.model_stats(list(runtime.require_ready())))
 
 
 # Each route below comes twice: the newest version, and a version named in the path. Separate
@@ -84,7 +84,7 @@ async def all_stats(runtime: RuntimeDep) -> Response:
 
 def _metadata(runtime: Runtime, model_name: str, version: str | None) -> Response:
     store = runtime.require_ready()
-    return _json(handlers.model_metadata(store, store.get(model_name, version)))
+    return _json(dataplane.model_metadata(store, store.get(model_name, version)))
 
 
 @router.get(
@@ -124,7 +124,7 @@ async def model_version_ready(runtime: RuntimeDep, model_name: str, version: str
 
 def _config(runtime: Runtime, model_name: str, version: str | None) -> Response:
     servable = runtime.require_ready().get(model_name, version)
-    return _json(handlers.model_config(servable, runtime.settings))
+    return _json(dataplane.model_config(servable, runtime.settings))
 
 
 @router.get(
@@ -149,14 +149,14 @@ async def model_version_config(runtime: RuntimeDep, model_name: str, version: st
 async def model_stats(runtime: RuntimeDep, model_name: str) -> Response:
     store = runtime.require_ready()
     store.versions(model_name)  # 404 for an unknown model
-    return _json(handlers.model_stats(list(store.models[model_name].values())))
+    return _json(dataplane.model_stats(list(store.models[model_name].values())))
 
 
 @router.get(
     "/v2/models/{model_name}/versions/{version}/stats", summary="Statistics", dependencies=API_KEY
 )
 async def model_version_stats(runtime: RuntimeDep, model_name: str, version: str) -> Response:
-    return _json(handlers.model_stats([runtime.require_ready().get(model_name, version)]))
+    return _json(dataplane.model_stats([runtime.require_ready().get(model_name, version)]))
 
 
 async def _admin_body(request: Request, runtime: Runtime) -> dict[str, Any]:

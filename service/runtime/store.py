@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from normserve.model_repository import parse_version
 from normserve.service.errors import BadRequest, NotFound
-from normserve.service.servable import Servable
+from normserve.service.runtime.servable import Servable
 
 __all__ = ["ModelStore", "url_version"]
 

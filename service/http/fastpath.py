@@ -15,13 +15,13 @@ import re
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from normserve.service import handlers
-from normserve.service.auth import BearerKey
-from normserve.service.body import read_body
-from normserve.service.encoding import choose_encoding, compress, decompress
+from normserve.service import dataplane
+from normserve.service.dataplane import InferOutcome
 from normserve.service.errors import ServeError
-from normserve.service.handlers import InferOutcome
-from normserve.service.runtime import Runtime
+from normserve.service.http.auth import BearerKey
+from normserve.service.http.body import read_body
+from normserve.service.http.codings import choose_encoding, compress, decompress
+from normserve.service.runtime.state import Runtime
 
 __all__ = ["InferLane"]
 
@@ -137,9 +137,9 @@ class InferLane:
         # began is served even if its body finished arriving after it.
         servable = runtime.store.get(model, version)
         if v1:
-            outcome = await handlers.predict(servable, body, runtime.settings.top_k)
+            outcome = await dataplane.predict(servable, body, runtime.settings.top_k)
         else:
-            outcome = await handlers.infer(
+            outcome = await dataplane.infer(
                 servable, body, headers.get(b"inference-header-content-length")
             )
         return outcome, servable.name, servable.version

@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, per-version statistics (Triton's shape), log set-up."""
