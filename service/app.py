@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
-from starlette.types import ASGIApp
 
 from normserve import __version__
 from normserve.service.errors import install_error_handlers
 from normserve.service.http.auth import BearerKey
-from normserve.service.http.fastpath import InferLane
+from normserve.service.http.fastpath import FastPath
 from normserve.service.http.observe import ObserveMiddleware
 from normserve.service.http.openapi import install_openapi
 from normserve.service.http.routes import router
@@ -45,13 +44,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     api_key = BearerKey(settings.api_key, "inference") if settings.api_key else None
 
-    class App(FastAPI):
-        def build_middleware_stack(self) -> ASGIApp:
-            # Outermost: observation; then the inference lane; then FastAPI's own stack.
-            inner = super().build_middleware_stack()
-            return ObserveMiddleware(InferLane(inner, runtime, api_key), runtime)
-
-    app = App(
+    app = FastAPI(
         title="normserve",
         version=__version__,
         summary="Folded, frozen, proven ONNX models over the Open Inference Protocol (V2)",
@@ -64,5 +57,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    # Ordinary middleware, the last added outermost: observation sees every request, then the
+    # fast path answers inference from the route table above, then FastAPI's own stack.
+    app.add_middleware(FastPath, routes=router.routes, runtime=runtime, api_key=api_key)
+    app.add_middleware(ObserveMiddleware, runtime=runtime)
     install_openapi(app)
     return app

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import orjson
 
 from normserve import __version__
 from normserve.model_repository import DATATYPES
-from normserve.service.codecs.v1 import decode_predict_request, encode_predictions
+from normserve.service.codecs.v1 import PredictRequest, decode_predict_request, encode_predictions
 from normserve.service.codecs.v2 import (
+    InferRequest,
     decode_infer_request,
     encode_infer_response,
     parse_json_body,
     split_body,
 )
 from normserve.service.errors import ServeError
+from normserve.service.runtime.loader import LoadedModel
 from normserve.service.runtime.servable import Servable, batch_policy
 from normserve.service.runtime.store import ModelStore
 from normserve.service.settings import Settings
@@ -29,6 +33,7 @@ __all__ = [
     "model_metadata",
     "model_stats",
     "predict",
+    "run",
     "server_metadata",
 ]
 
@@ -130,18 +135,39 @@ def model_stats(servables: list[Servable]) -> dict[str, Any]:
     return {"model_stats": [s.stats.to_triton(s.name, s.version) for s in servables]}
 
 
-async def infer(servable: Servable, body: bytes, header_length: str | None) -> InferOutcome:
-    """Decode, queue for a batch, encode; statistics record success and failure alike."""
+class Decoded(Protocol):
+    """What every codec's decoder yields: the inputs of one request and what to return."""
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def output_names(self) -> list[str]: ...
+    @property
+    def timeout_s(self) -> float | None: ...
+
+
+D = TypeVar("D", bound=Decoded)
+
+
+async def run(
+    servable: Servable,
+    decode: Callable[[LoadedModel], D],
+    encode: Callable[[LoadedModel, D, list[np.ndarray]], tuple[bytes, int | None]],
+) -> InferOutcome:
+    """The one inference path of every protocol: decode, queue for a batch, encode. Statistics
+    record success and failure alike; ``encode`` returns the body and, for a binary body, the
+    length of its JSON header."""
     start = time.perf_counter()
     try:
-        header, binary = split_body(body, header_length)
-        request = decode_infer_request(parse_json_body(header), servable.model, binary)
+        request = decode(servable.model)
         decoded = time.perf_counter()
         result = await servable.batcher.submit(
             request.inputs, request.batch_size, request.output_names, request.timeout_s
         )
         returned = time.perf_counter()
-        payload, json_length = encode_infer_response(servable.model, request, result.outputs)
+        payload, json_length = encode(servable.model, request, result.outputs)
     except ServeError as exc:
         servable.stats.request_failed(exc.status, time.perf_counter() - start)
         raise
@@ -152,22 +178,25 @@ async def infer(servable: Servable, body: bytes, header_length: str | None) -> I
     return InferOutcome(payload, json_length, result.queue_s, result.compute_s, result.batch_size)
 
 
+async def infer(servable: Servable, body: bytes, header_length: str | None) -> InferOutcome:
+    """V2 ``infer``: a JSON body, or the binary tensor extension's header and tensor bytes."""
+
+    def decode(model: LoadedModel) -> InferRequest:
+        header, binary = split_body(body, header_length)
+        return decode_infer_request(parse_json_body(header), model, binary)
+
+    return await run(servable, decode, encode_infer_response)
+
+
 async def predict(servable: Servable, body: bytes, default_top_k: int) -> InferOutcome:
-    """The V1 ``:predict`` view over the same batcher."""
-    start = time.perf_counter()
-    model = servable.model
-    try:
-        inputs, count, top_k = decode_predict_request(parse_json_body(body), model, default_top_k)
-        decoded = time.perf_counter()
-        names = [s.name for s in model.config.outputs]
-        result = await servable.batcher.submit(inputs, count, names)
-        returned = time.perf_counter()
-        payload = orjson.dumps(encode_predictions(model, result.outputs, top_k))
-    except ServeError as exc:
-        servable.stats.request_failed(exc.status, time.perf_counter() - start)
-        raise
-    end = time.perf_counter()
-    servable.stats.request_done(
-        end - start, result.queue_s, result.compute_s, decoded - start, end - returned
-    )
-    return InferOutcome(payload, None, result.queue_s, result.compute_s, result.batch_size)
+    """The KServe V1 ``:predict`` view over the same batcher."""
+
+    def decode(model: LoadedModel) -> PredictRequest:
+        return decode_predict_request(parse_json_body(body), model, default_top_k)
+
+    def encode(
+        model: LoadedModel, request: PredictRequest, outputs: list[np.ndarray]
+    ) -> tuple[bytes, None]:
+        return orjson.dumps(encode_predictions(model, outputs, request.top_k)), None
+
+    return await run(servable, decode, encode)

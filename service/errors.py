@@ -10,7 +10,7 @@ error                       status  when
 ``Unauthorized``            401     missing or wrong key (with ``WWW-Authenticate``)
 ``Forbidden``               403     repository API while no admin key is configured
 ``NotFound``                404     unknown model, version or route
-``MethodNotAllowed``        405     known path, wrong method
+(FastAPI's 405)             405     known path, wrong method (with ``Allow``)
 ``PayloadTooLarge``         413     body over ``max_body_bytes`` (before or after inflating)
 ``UnsupportedEncoding``     415     a ``Content-Encoding`` other than gzip, deflate, identity
 ``InferenceFailed``         500     ONNX Runtime failed on input that passed every check
@@ -35,7 +35,6 @@ __all__ = [
     "BadRequest",
     "Forbidden",
     "InferenceFailed",
-    "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "QueueFull",
@@ -46,6 +45,8 @@ __all__ = [
     "UnsupportedEncoding",
     "error_response",
     "install_error_handlers",
+    "raw_response",
+    "render",
 ]
 
 log = logging.getLogger("normserve.service")
@@ -81,10 +82,6 @@ class NotFound(ServeError):
     status = 404
 
 
-class MethodNotAllowed(ServeError):
-    status = 405
-
-
 class PayloadTooLarge(ServeError):
     status = 413
 
@@ -112,13 +109,32 @@ class QueueTimeout(ServeError):
     status = 504
 
 
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def render(exc: BaseException) -> tuple[int, RawHeaders, bytes]:
+    """The one place that turns an exception into status, headers and ``{"error": ...}``: the
+    inference fast path sends it as is, FastAPI's handlers wrap it in a ``Response``."""
+    if not isinstance(exc, ServeError):
+        log.error("internal error", exc_info=exc)
+        exc = ServeError("internal server error (a bug: see the server log)")
+    headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    return exc.status, headers, orjson.dumps({"error": exc.message})
+
+
+def raw_response(rendered: tuple[int, RawHeaders, bytes]) -> Response:
+    status, headers, body = rendered
+    response = Response(content=body, status_code=status)
+    response.raw_headers = [*headers, (b"content-length", str(len(body)).encode())]
+    return response
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        content=orjson.dumps({"error": message}),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+    """An ``{"error": message}`` response with this status (for statuses outside the family)."""
+    error = ServeError(message, headers=headers)
+    error.status = status
+    return raw_response(render(error))
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -133,8 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as ``{"error": ...}`` with the status from the table above."""
 
     async def serve_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServeError)
-        return error_response(exc.status, exc.message, exc.headers)
+        return raw_response(render(exc))
 
     async def validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -151,8 +166,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal server error (a bug: see the server log)")
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return raw_response(render(ServeError("internal server error (a bug: see the server log)")))
 
     app.add_exception_handler(ServeError, serve_error)
     app.add_exception_handler(RequestValidationError, validation_error)

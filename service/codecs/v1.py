@@ -10,6 +10,7 @@ an object of rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,12 +19,23 @@ from normserve.service.codecs.v2 import check_shape, to_array, top_k_indices
 from normserve.service.errors import BadRequest
 from normserve.service.runtime.loader import LoadedModel
 
-__all__ = ["decode_predict_request", "encode_predictions", "probabilities"]
+__all__ = ["PredictRequest", "decode_predict_request", "encode_predictions", "probabilities"]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """A decoded ``:predict`` body: inputs by name, one row per instance, every output."""
+
+    inputs: dict[str, np.ndarray]
+    batch_size: int
+    output_names: list[str]
+    top_k: int
+    timeout_s: float | None = None
 
 
 def decode_predict_request(
     body: dict[str, Any], model: LoadedModel, default_top_k: int
-) -> tuple[dict[str, np.ndarray], int, int]:
+) -> PredictRequest:
     """Inputs by name, the number of instances, and k for the top-k view."""
     unknown = set(body) - {"instances", "top_k"}
     if unknown:
@@ -66,7 +78,8 @@ def decode_predict_request(
         shape = (count, *shape[1:])
         check_shape(shape, spec, field + " shape", model.config.max_batch_size)
         inputs[spec.name] = to_array(columns[spec.name], spec, shape, field)
-    return inputs, count, top_k
+    outputs = [s.name for s in model.config.outputs]
+    return PredictRequest(inputs, count, outputs, top_k)
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:

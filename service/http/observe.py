@@ -65,8 +65,7 @@ class ObserveMiddleware:
         finally:
             runtime.in_flight -= 1
             metrics.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or scope.get("route_template", "unmatched")
+            template = getattr(scope.get("route"), "path", "unmatched")
             metrics.http_requests.labels(scope["method"], template, str(status)).inc()
             if runtime.settings.access_log:
                 fields = {

@@ -1,12 +1,12 @@
-"""The OpenAPI document: what every route answers, errors included, and the inference lane.
+"""The OpenAPI document: what every route answers, errors included, and what inference reads.
 
 FastAPI derives operations from the routes, but knows nothing of what they return (they build
 their own responses), invents a 422 that never reaches a client (validation errors are 400),
-and cannot see ``POST .../infer`` and ``:predict``, which ``service.lane`` answers in front of
-it. This module completes the document: a response schema for every 200, the error statuses
-each route can return (always ``{"error": ...}``), and the two inference operations
-(documentation only: the lane serves them). Every route must be listed here; building the
-document fails for one that is not, so the document cannot silently fall behind the routes.
+and cannot see the request bodies of inference, which the routes read raw. This module
+completes the document: a response schema for every 200, the error statuses each route can
+return (always ``{"error": ...}``), and the inference request bodies (JSON or binary). Every
+route must be listed here; building the document fails for one that is not, so the document
+cannot silently fall behind the routes.
 """
 
 from __future__ import annotations
@@ -231,6 +231,9 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, tuple[int, ...]]] = {
     ("get", "/v2/models/{model_name}/versions/{version}/config"): ("ModelConfig", _MODEL),
     ("get", "/v2/models/{model_name}/stats"): ("ModelStats", _NEWEST),
     ("get", "/v2/models/{model_name}/versions/{version}/stats"): ("ModelStats", _MODEL),
+    ("post", "/v2/models/{model_name}/infer"): ("InferResponse", _INFER),
+    ("post", "/v2/models/{model_name}/versions/{version}/infer"): ("InferResponse", _INFER),
+    ("post", "/v1/models/{model_name}:predict"): ("PredictResponse", _INFER),
     ("post", "/v2/repository/index"): ("RepositoryIndex", _ADMIN),
     ("post", "/v2/repository/models/{model_name}/load"): ("Empty", (*_ADMIN, 404)),
     ("post", "/v2/repository/models/{model_name}/unload"): ("Empty", (*_ADMIN, 404)),
@@ -239,6 +242,11 @@ _ADMIN_BODIES = {
     "/v2/repository/index": "RepositoryIndexRequest",
     "/v2/repository/models/{model_name}/load": "RepositoryLoadRequest",
     "/v2/repository/models/{model_name}/unload": "RepositoryLoadRequest",
+}
+_INFERENCE_BODIES = {  # request schema, and whether the binary extension applies
+    "/v2/models/{model_name}/infer": ("InferRequest", True),
+    "/v2/models/{model_name}/versions/{version}/infer": ("InferRequest", True),
+    "/v1/models/{model_name}:predict": ("PredictRequest", False),
 }
 _SECURITY = [{}, {"bearer": []}]  # a key only when one is configured
 
@@ -275,54 +283,24 @@ def _responses(success: str, errors: tuple[int, ...], binary: bool = False) -> d
     return responses
 
 
-def _inference_operation(
-    summary: str, request: str, response: str, parameters: list[dict[str, Any]], binary: bool
-) -> dict[str, Any]:
+_BINARY = {"type": "string", "format": "binary"}
+_HEADER_LENGTH = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "length of the JSON header of a binary-extension body",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def _inference_body(request: str, binary: bool) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": _ref(request)}}
-    header: list[dict[str, Any]] = []
     if binary:
         content["application/octet-stream"] = {
-            "schema": {"type": "string", "format": "binary"},
+            "schema": _BINARY,
             "description": "binary tensor extension: the JSON header, then raw tensor bytes",
         }
-        header = [
-            {
-                "name": "Inference-Header-Content-Length",
-                "in": "header",
-                "required": False,
-                "description": "length of the JSON header of a binary-extension body",
-                "schema": {"type": "integer", "minimum": 0},
-            }
-        ]
-    return {
-        "summary": summary,
-        "description": "Served by the inference lane (service/lane.py) in front of the app.",
-        "operationId": summary.lower().replace(" ", "_").replace(",", ""),
-        "parameters": parameters + header,
-        "requestBody": {"required": True, "content": content},
-        "responses": _responses(response, _INFER, binary=binary),
-        "security": _SECURITY,
-    }
-
-
-def _inference_paths() -> dict[str, dict[str, Any]]:
-    return {
-        "/v2/models/{model_name}/infer": {
-            "post": _inference_operation(
-                "Infer newest version", "InferRequest", "InferResponse", [_MODEL_NAME], True
-            )
-        },
-        "/v2/models/{model_name}/versions/{version}/infer": {
-            "post": _inference_operation(
-                "Infer", "InferRequest", "InferResponse", [_MODEL_NAME, _VERSION], True
-            )
-        },
-        "/v1/models/{model_name}:predict": {
-            "post": _inference_operation(
-                "Predict KServe V1", "PredictRequest", "PredictResponse", [_MODEL_NAME], False
-            )
-        },
-    }
+    return {"required": True, "content": content}
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:
@@ -344,8 +322,15 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         for parameter in operation.get("parameters", []):
             parameter.pop("title", None)
             parameter["schema"] = {"type": "string"}
-        operation["responses"] = _responses(success, errors)
-        if path in _ADMIN_BODIES:
+        binary = _INFERENCE_BODIES.get(path, ("", False))[1]
+        operation["responses"] = _responses(success, errors, binary=binary)
+        if path in _INFERENCE_BODIES:
+            request, _ = _INFERENCE_BODIES[path]
+            operation["requestBody"] = _inference_body(request, binary)
+            operation["security"] = _SECURITY
+            if binary:
+                operation["parameters"].append(_HEADER_LENGTH)
+        elif path in _ADMIN_BODIES:
             operation["requestBody"] = {
                 "required": False,
                 "content": {"application/json": {"schema": _ref(_ADMIN_BODIES[path])}},
@@ -353,7 +338,6 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             operation["security"] = [{"bearer": []}]
         elif path.startswith("/v2/models/"):
             operation["security"] = _SECURITY
-    schema["paths"].update(_inference_paths())
     schema["components"] = {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

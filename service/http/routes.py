@@ -1,10 +1,9 @@
-"""HTTP routes: read the request, call a handler, write the response.
+"""The route table: every HTTP route of the server, each reading the request, calling the data
+plane and writing the response.
 
-Inference (``POST .../infer`` and ``:predict``) is answered in front of these routes by
-``service.lane``, with the same handlers, errors and auth.
-
-Three groups: open routes (health, server metadata, metrics), model routes (the API key when
-one is set) and repository control (the admin key; off without one).
+Four groups: open routes (health, server metadata, metrics), inference (the API key when one is
+set; answered by the ``FastPath`` middleware from this same table, see ``fastpath.py``), model
+routes (the API key when one is set) and repository control (the admin key; off without one).
 """
 
 from __future__ import annotations
@@ -16,8 +15,9 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from normserve.service import dataplane
-from normserve.service.errors import BadRequest, Forbidden
+from normserve.service.errors import BadRequest, Forbidden, raw_response
 from normserve.service.http.body import read_body
+from normserve.service.http.fastpath import Protocol, answer, inference_route
 from normserve.service.runtime.state import Runtime
 from normserve.service.telemetry.metrics import CONTENT_TYPE
 
@@ -71,6 +71,35 @@ async def server_metadata() -> Response:
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(runtime: RuntimeDep) -> Response:
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _inference(
+    request: Request, protocol: Protocol, model_name: str, version: str | None
+) -> Response:
+    runtime = request.app.state.runtime
+    api_key = request.app.state.api_key
+    scope, receive = request.scope, request.receive
+    return raw_response(
+        await answer(scope, receive, runtime, api_key, protocol, model_name, version)
+    )
+
+
+@router.post("/v2/models/{model_name}/infer", summary="Infer, newest version")
+@inference_route(Protocol.V2)
+async def infer(request: Request, model_name: str) -> Response:
+    return await _inference(request, Protocol.V2, model_name, None)
+
+
+@router.post("/v2/models/{model_name}/versions/{version}/infer", summary="Infer")
+@inference_route(Protocol.V2)
+async def infer_version(request: Request, model_name: str, version: str) -> Response:
+    return await _inference(request, Protocol.V2, model_name, version)
+
+
+@router.post("/v1/models/{model_name}:predict", summary="Predict (KServe V1)")
+@inference_route(Protocol.V1)
+async def predict(request: Request, model_name: str) -> Response:
+    return await _inference(request, Protocol.V1, model_name, None)
 
 
 @router.get("/v2/models/stats", summary="Statistics of every model version", dependencies=API_KEY)
@@ -159,7 +188,7 @@ async def model_version_stats(runtime: RuntimeDep, model_name: str, version: str
     return _json(dataplane.model_stats([runtime.require_ready().get(model_name, version)]))
 
 
-async def _admin_body(request: Request, runtime: Runtime) -> dict[str, Any]:
+async def _admin_body(request: Request) -> dict[str, Any]:
     body = await read_body(request.receive, request.headers.get("content-length"), 1024 * 1024)
     if not body.strip():
         return {}
@@ -176,7 +205,7 @@ async def _admin_body(request: Request, runtime: Runtime) -> dict[str, Any]:
     "/v2/repository/index", summary="Every version on disk and its state", dependencies=ADMIN_KEY
 )
 async def repository_index(request: Request, runtime: RuntimeDep) -> Response:
-    body = await _admin_body(request, runtime)
+    body = await _admin_body(request)
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise BadRequest("ready: expected true or false")
@@ -189,7 +218,7 @@ async def repository_index(request: Request, runtime: RuntimeDep) -> Response:
     dependencies=ADMIN_KEY,
 )
 async def repository_load(request: Request, runtime: RuntimeDep, model_name: str) -> Response:
-    body = await _admin_body(request, runtime)
+    body = await _admin_body(request)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("parameters: expected an object")
@@ -206,7 +235,7 @@ async def repository_load(request: Request, runtime: RuntimeDep, model_name: str
     "/v2/repository/models/{model_name}/unload", summary="Unload a model", dependencies=ADMIN_KEY
 )
 async def repository_unload(request: Request, runtime: RuntimeDep, model_name: str) -> Response:
-    body = await _admin_body(request, runtime)
+    body = await _admin_body(request)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict) or set(parameters) - {"unload_dependents"}:
         raise BadRequest("parameters: only unload_dependents is known")

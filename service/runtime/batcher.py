@@ -147,11 +147,6 @@ class Batcher:
         """Requests waiting for a batch (not yet running)."""
         return self._queued
 
-    @property
-    def busy(self) -> bool:
-        """A batch is running now."""
-        return bool(self._running)
-
     async def submit(
         self,
         inputs: dict[str, np.ndarray],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from normserve.service.runtime.providers import select_providers
 from normserve.service.runtime.servable import Servable, make_servable
 from normserve.service.runtime.store import ModelStore
 from normserve.service.settings import Settings
-from normserve.service.telemetry.metrics import Metrics
+from normserve.service.telemetry.metrics import LiveVersion, Metrics
 
 __all__ = ["Runtime"]
 
@@ -43,10 +44,16 @@ class _Failure:
 class Runtime:
     """Held on ``app.state.runtime``; routes reach it through a dependency."""
 
+    def _live_versions(self) -> Iterator[LiveVersion]:
+        for servable in self.store:
+            queued = servable.batcher.queued
+            triton = servable.stats.triton_values(queued)
+            yield LiveVersion(servable.name, servable.version, queued, triton)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = ModelStore()
-        self.metrics = Metrics(lambda: self.store)
+        self.metrics = Metrics(self._live_versions)
         self.ready = False
         self.draining = False
         self.in_flight = 0

@@ -6,18 +6,14 @@ under the names Triton exposes, so dashboards built for Triton read normserve un
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from normserve.service.runtime.servable import Servable
-
-__all__ = ["CONTENT_TYPE", "Metrics", "ModelMetrics"]
+__all__ = ["CONTENT_TYPE", "TRITON_FAMILIES", "LiveVersion", "Metrics", "ModelMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -40,11 +36,25 @@ class ModelMetrics:
     failures: Callable[[int], Counter]
 
 
-class _LiveCollector(Collector):
-    """Values read from the live store at scrape time: queue depths."""
+@dataclass(frozen=True)
+class LiveVersion:
+    """What a scrape reads from one served version: its queue depth and its Triton counters
+    (``TRITON_FAMILIES`` name → value)."""
 
-    def __init__(self, servables: Callable[[], Iterable[Servable]]) -> None:
-        self._servables = servables
+    model: str
+    version: int
+    queued: int
+    triton: Mapping[str, int]
+
+
+Live = Callable[[], Iterable[LiveVersion]]
+
+
+class _LiveCollector(Collector):
+    """Values read from the live versions at scrape time: queue depths."""
+
+    def __init__(self, live: Live) -> None:
+        self._live = live
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
@@ -52,16 +62,17 @@ class _LiveCollector(Collector):
             "Requests waiting in a model version's batch queue",
             labels=["model", "version"],
         )
-        for servable in self._servables():
-            depth.add_metric([servable.name, str(servable.version)], servable.batcher.queued)
+        for row in self._live():
+            depth.add_metric([row.model, str(row.version)], row.queued)
         yield depth
 
 
 class Metrics:
     """Every metric family of one app."""
 
-    def __init__(self, servables: Callable[[], Iterable[Servable]]) -> None:
-        self._servables = servables
+    def __init__(self, live: Live) -> None:
+        """``live`` lists the served versions at scrape time (the runtime's store)."""
+        self._live = live
         self.registry = CollectorRegistry()
         r = self.registry
         per_model = ["model", "version"]
@@ -120,7 +131,7 @@ class Metrics:
             ["method", "route", "status"],
             registry=r,
         )
-        r.register(_LiveCollector(servables))
+        r.register(_LiveCollector(live))
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
         labels = (name, str(version))
@@ -137,10 +148,11 @@ class Metrics:
         self.model_events.labels(name, str(version), event, "success" if ok else "failure").inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry) + _triton_block(self._servables())
+        return generate_latest(self.registry) + _triton_block(list(self._live()))
 
 
-_TRITON = (
+# Triton's per-model families, repeated under its names so Triton dashboards read normserve.
+TRITON_FAMILIES = (
     ("nv_inference_request_success", "counter", "Number of successful inference requests"),
     ("nv_inference_request_failure", "counter", "Number of failed inference requests"),
     ("nv_inference_count", "counter", "Number of inferences performed (samples)"),
@@ -162,12 +174,11 @@ _TRITON = (
 )
 
 
-def _triton_block(servables: Iterable[Servable]) -> bytes:
-    rows = [(s, s.stats.triton_values(s.batcher.queued)) for s in servables]
+def _triton_block(rows: list[LiveVersion]) -> bytes:
     lines: list[str] = []
-    for index, (name, kind, help_text) in enumerate(_TRITON):
+    for name, kind, help_text in TRITON_FAMILIES:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        for servable, values in rows:
-            model = servable.name.replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{name}{{model="{model}",version="{servable.version}"}} {values[index]}')
+        for row in rows:
+            model = row.model.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{name}{{model="{model}",version="{row.version}"}} {row.triton[name]}')
     return ("\n".join(lines) + "\n").encode() if lines else b""

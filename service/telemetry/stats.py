@@ -111,17 +111,17 @@ class ModelStats:
             "memory_usage": [],
         }
 
-    def triton_values(self, pending: int) -> tuple[int, ...]:
-        """In the order of ``metrics._TRITON``; durations in microseconds."""
-        return (
-            self.success.count,
-            self.fail.count,
-            self.inference_count,
-            self.execution_count,
-            self.success.ns // 1000,
-            self.queue.ns // 1000,
-            self.compute_input.ns // 1000,
-            self.compute_infer.ns // 1000,
-            self.compute_output.ns // 1000,
-            pending,
-        )
+    def triton_values(self, pending: int) -> dict[str, int]:
+        """Triton's metric families (``TRITON_FAMILIES``) by name; durations in microseconds."""
+        return {
+            "nv_inference_request_success": self.success.count,
+            "nv_inference_request_failure": self.fail.count,
+            "nv_inference_count": self.inference_count,
+            "nv_inference_exec_count": self.execution_count,
+            "nv_inference_request_duration_us": self.success.ns // 1000,
+            "nv_inference_queue_duration_us": self.queue.ns // 1000,
+            "nv_inference_compute_input_duration_us": self.compute_input.ns // 1000,
+            "nv_inference_compute_infer_duration_us": self.compute_infer.ns // 1000,
+            "nv_inference_compute_output_duration_us": self.compute_output.ns // 1000,
+            "nv_inference_pending_request_count": pending,
+        }
