@@ -10,7 +10,6 @@ import contextlib
 import http.client
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import pytest
 from tests.deploy import commands
 from tests.deploy.conftest import REPO, BuiltImage, Engine, HealthRoutes
 from tests.deploy.test_docker_scripts import healthcheck
+from tests.service.process import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.docker
 RTOL, ATOL = 1e-5, 1e-5
 SIZE_LIMIT_BYTES = 300 * 1000 * 1000  # the 300 MB, as `docker images` counts (10^6)
 CONTEXT_LIMIT_BYTES = 10 * 1000 * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(

@@ -4,7 +4,7 @@ naming the field, never a 5xx, and the server answers correctly afterwards.
 Non-finite values: NaN and Infinity are not JSON (RFC 8259), and a number that overflows the
 input's datatype would become one; all are refused with 400, and binary tensors holding them
 are refused too (tests/reliability/test_binary_hostile.py), so a model never sees them.
-Several of these cases are also checked in-process (tests/service/test_routes.py); here they go
+Several of these cases are also checked in-process (tests/service/http/test_routes.py); here they go
 through uvicorn, the inference lane and a socket, with the exact bytes given.
 """
 

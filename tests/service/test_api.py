@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from normserve.service import Settings, create_app
 from tests.service.fake_models import affine_reference, write_entry
-from tests.service.test_routes import assert_error, infer_body
+from tests.service.http.test_routes import assert_error, infer_body
 
 RTOL, ATOL = 1e-6, 1e-6
 API_KEY, ADMIN_KEY = "inference-secret", "admin-secret"

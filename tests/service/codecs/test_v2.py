@@ -1,10 +1,8 @@
-"""The V2 codec's binary extension, parameters and classification; the content codings."""
+"""The V2 codec: the binary extension, parameters, classification."""
 
 from __future__ import annotations
 
-import gzip
 import struct
-import zlib
 
 import numpy as np
 import orjson
@@ -12,8 +10,7 @@ import pytest
 
 from normserve.model_repository import scan_repository
 from normserve.service.codecs.v2 import decode_infer_request, encode_infer_response, split_body
-from normserve.service.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding
-from normserve.service.http.codings import choose_encoding, compress, decompress
+from normserve.service.errors import BadRequest
 from normserve.service.runtime.loader import LoadedModel, load_model
 from normserve.service.settings import Settings
 from tests.service.fake_models import write_entry
@@ -212,67 +209,3 @@ def test_classification_returns_top_classes_with_labels(model):
 
 
 # -- content codings ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("coding", "pack"),
-    [
-        ("gzip", gzip.compress),
-        ("deflate", zlib.compress),
-        ("deflate", lambda b: zlib.compress(b)[2:-4]),  # raw deflate, as some clients send
-        ("identity", lambda b: b),
-        (None, lambda b: b),
-    ],
-)
-def test_request_bodies_inflate(coding, pack):
-    body = b'{"inputs": []}' * 100
-    assert decompress(pack(body), coding, 1 << 20) == body
-
-
-def test_inflating_past_the_limit_is_413_without_inflating_it_all():
-    bomb = gzip.compress(b"\0" * (8 << 20))  # 8 MiB of zeros in a few KiB
-    assert len(bomb) < 64 << 10
-    with pytest.raises(PayloadTooLarge, match="inflates past the limit of 1048576 bytes"):
-        decompress(bomb, "gzip", 1 << 20)
-
-
-@pytest.mark.parametrize(
-    ("body", "coding", "error"),
-    [
-        (b"not gzip at all", "gzip", BadRequest),
-        (gzip.compress(b"x" * 1000)[:-10], "gzip", BadRequest),
-        (b"anything", "br", UnsupportedEncoding),
-    ],
-)
-def test_bad_codings_are_4xx(body, coding, error):
-    with pytest.raises(error) as raised:
-        decompress(body, coding, 1 << 20)
-    assert 400 <= raised.value.status < 500
-
-
-@pytest.mark.parametrize(
-    ("header", "chosen"),
-    [
-        (None, None),
-        ("gzip", "gzip"),
-        ("deflate", "deflate"),
-        ("br, deflate;q=0.5", "deflate"),
-        ("gzip;q=0, deflate", "deflate"),
-        ("identity", None),
-        ("*", "gzip"),
-    ],
-)
-def test_accept_encoding_negotiation(header, chosen):
-    assert choose_encoding(header) == chosen
-
-
-@pytest.mark.parametrize("coding", ["gzip", "deflate"])
-def test_compress_round_trips_with_the_standard_library(coding):
-    body = np.arange(1000, dtype=np.float32).tobytes()
-    packed = compress(body, coding)
-    assert (gzip.decompress(packed) if coding == "gzip" else zlib.decompress(packed)) == body
-
-
-def test_identity_codings_pass_the_body_through():
-    assert decompress(b"abc", "", 10) == b"abc"
-    assert decompress(b"abc", " Identity ", 10) == b"abc"

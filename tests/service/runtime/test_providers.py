@@ -13,7 +13,7 @@ from normserve.service import Settings, create_app
 from normserve.service.runtime.providers import CPU, CUDA, ProviderError, select_providers
 from normserve.service.runtime.state import Runtime
 from tests.service.fake_models import affine_reference, write_entry
-from tests.service.test_routes import infer_body
+from tests.service.http.test_routes import infer_body
 
 HAS_CUDA = CUDA in ort.get_available_providers()
 
