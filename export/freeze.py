@@ -1,5 +1,7 @@
 """Rewrite a model so that no BatchNorm remains: fold where exact, freeze the rest.
 
+Over 300 lines because the decision for every BatchNorm call is one walk over one graph.
+
 The model is traced with ``torch.fx`` and shapes are propagated with a sample input, so the
 decision for each BatchNorm *call* is made on the graph, not on module order. For every call of a
 BatchNorm (or of an InstanceNorm that tracks running statistics, which is the same affine in eval

@@ -2,8 +2,8 @@
 
 ``<repository>/<name>/<version>/{model.onnx, model.json}``. Export writes entries through this
 module, the server, ``normserve verify`` and the tests read them through it; numpy and the
-standard library only, so the torch-free serving install imports it. It holds every rule of
-the format (over ~300 lines for that reason: one contract, one module):
+standard library only, so the torch-free serving install imports it. Over 300 lines because
+it is one contract, so every rule of the format lives here:
 
 - the format string, the model name rule, the version rule (ASCII digits, at most 18);
 - the one datatype table: V2 name ↔ numpy ↔ ONNX (ORT type string and TensorProto code) ↔

@@ -14,6 +14,8 @@ a request still queued after its timeout gets ``QueueTimeout`` (504). The hot pa
 and no event: ``submit`` dispatches directly when the model is idle, and the thread's result
 comes back with one ``call_soon_threadsafe``. Loop objects (futures, timers) are created inside
 the running loop.
+
+Over 300 lines because the queue, the batch thread and their hand-off form one state machine.
 """
 
 from __future__ import annotations

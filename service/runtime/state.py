@@ -4,6 +4,8 @@ The store is an immutable snapshot. Loading a version (read, session, warm-up, g
 happens off the event loop beside the versions already serving; only a version that passed
 every step is published, by replacing the whole snapshot in one assignment on the loop. A
 replaced version keeps answering the requests already queued on it, then is closed.
+
+Over 300 lines because loading, polling, swapping and draining share one lock and one store.
 """
 
 from __future__ import annotations
