@@ -124,14 +124,16 @@ def running_server(
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 120.0,
     poll_s: float = 0.002,
+    executable: str | None = None,
 ) -> Iterator[ServerProcess]:
     """``normserve serve --repository R`` on a free 127.0.0.1 port; stopped on exit, always.
 
     ``env`` adds ``NORMSERVE_*`` settings. Output goes to ``log_path`` (a pipe nobody reads
-    would stall the server once full).
+    would stall the server once full). ``executable`` runs another build's ``normserve``
+    (``benchmarks.compare_builds``); the default is this interpreter's.
     """
     port = free_port()
-    command = [normserve_command(), "serve", "--repository", str(repository)]
+    command = [executable or normserve_command(), "serve", "--repository", str(repository)]
     command += ["--host", HOST, "--port", str(port)]
     full_env = {**os.environ, **(env or {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
