@@ -29,6 +29,7 @@ from benchmarks.http_client import HttpConnection
 from benchmarks.machine import describe_machine, load_average
 from benchmarks.server_process import HOST, normserve_command, running_server
 from benchmarks.v2_payload import decode_response, infer_request
+from normserve.model_repository import numpy_dtype
 
 ENV = {"NORMSERVE_ACCESS_LOG": "false", "NORMSERVE_INTRA_OP_THREADS": "1"}
 
@@ -40,9 +41,10 @@ def _sample(repository: Path, model: str) -> dict[str, np.ndarray]:
     )
     meta = json.loads((versions[-1] / "model.json").read_text())
     rng = np.random.default_rng(0)
-    dtype = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
     return {
-        spec["name"]: rng.standard_normal([1, *spec["shape"][1:]]).astype(dtype[spec["datatype"]])
+        spec["name"]: rng.standard_normal([1, *spec["shape"][1:]]).astype(
+            numpy_dtype(spec["datatype"])
+        )
         for spec in meta["inputs"]
     }
 
