@@ -30,10 +30,14 @@ from normserve.service.runtime.loader import LoadedModel
 __all__ = [
     "InferRequest",
     "OutputRequest",
+    "bytes_payload",
+    "check_parameters",
     "check_shape",
+    "classification_view",
     "decode_infer_request",
     "encode_infer_response",
     "parse_json_body",
+    "parse_shape",
     "split_body",
     "to_array",
     "top_k_indices",
@@ -108,7 +112,8 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
     return parsed
 
 
-def _shape(raw: object, field: str) -> tuple[int, ...]:
+def parse_shape(raw: object, field: str) -> tuple[int, ...]:
+    """A wire shape: a list of non-negative integers (checked against a spec by check_shape)."""
     if not isinstance(raw, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in raw
     ):
@@ -201,7 +206,9 @@ def _from_binary(
     return array.reshape(shape)
 
 
-def _parameters(raw: object, field: str) -> dict[str, Any]:
+def check_parameters(raw: object, field: str) -> dict[str, Any]:
+    """A parameters object; features normserve does not serve (sequences, priorities, shared
+    memory) are refused by name."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -232,9 +239,9 @@ def _decode_input(
         raise BadRequest(
             f"{field}.datatype: expected {spec.datatype!r}, got {str(datatype)[:32]!r}"
         )
-    shape = _shape(item.get("shape"), f"{field}.shape")
+    shape = parse_shape(item.get("shape"), f"{field}.shape")
     check_shape(shape, spec, f"{field}.shape", model.config.max_batch_size)
-    parameters = _parameters(item.get("parameters"), f"{field}.parameters")
+    parameters = check_parameters(item.get("parameters"), f"{field}.parameters")
     unknown = set(parameters) - {"binary_data_size"}
     if unknown:
         raise BadRequest(
@@ -280,7 +287,7 @@ def _requested_outputs(
         if name in seen:
             raise BadRequest(f"{field}.name: {name!r} is requested twice")
         seen.add(name)
-        parameters = _parameters(item.get("parameters"), f"{field}.parameters")  # type: ignore[union-attr]
+        parameters = check_parameters(item.get("parameters"), f"{field}.parameters")  # type: ignore[union-attr]
         unknown = set(parameters) - {"binary_data", "classification"}
         if unknown:
             raise BadRequest(
@@ -310,7 +317,7 @@ def decode_infer_request(
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("id: expected a string")
-    parameters = _parameters(header.get("parameters"), "parameters")
+    parameters = check_parameters(header.get("parameters"), "parameters")
     unknown = set(parameters) - _REQUEST_PARAMETERS
     if unknown:
         raise BadRequest(
@@ -361,7 +368,7 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
 
 
-def _classification(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
+def classification_view(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
     """Triton's classification view: strings ``"score:index[:label]"``, shape (N, k)."""
     indices = top_k_indices(array, k)
     rows = []
@@ -376,7 +383,7 @@ def _classification(array: np.ndarray, k: int, labels: list[str] | None) -> np.n
     return np.array(rows, dtype=object)
 
 
-def _bytes_payload(array: np.ndarray) -> bytes:
+def bytes_payload(array: np.ndarray) -> bytes:
     """BYTES tensors in the binary extension: each element as a 4-byte length, then the bytes."""
     parts = []
     for item in array.ravel():
@@ -399,7 +406,7 @@ def encode_infer_response(
     chunks: list[bytes] = []
     for wanted, array in zip(request.outputs, outputs, strict=True):
         if wanted.classification:
-            array = _classification(array, wanted.classification, model.config.labels)
+            array = classification_view(array, wanted.classification, model.config.labels)
             datatype = "BYTES"
         else:
             datatype = model.output_spec(wanted.name).datatype  # type: ignore[union-attr]
@@ -410,7 +417,7 @@ def encode_infer_response(
         }
         if wanted.binary:
             if datatype == "BYTES":
-                payload = _bytes_payload(array)
+                payload = bytes_payload(array)
             else:
                 payload = np.ascontiguousarray(array).tobytes()
             tensor["parameters"] = {"binary_data_size": len(payload)}
