@@ -32,6 +32,7 @@ __all__ = [
     "OutputRequest",
     "bytes_payload",
     "check_parameters",
+    "check_raw_values",
     "check_shape",
     "classification_view",
     "decode_infer_request",
@@ -193,17 +194,22 @@ def _from_binary(
             f"only {len(binary)} bytes"
         )
     array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset)
-    if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+    check_raw_values(array, field)
+    if not array.flags.aligned:
+        array = array.copy()
+    return array.reshape(shape)
+
+
+def check_raw_values(array: np.ndarray, field: str) -> None:
+    """Values read from raw bytes: BOOL bytes must be 0 or 1, floats finite (as in JSON)."""
+    if array.dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
         raise BadRequest(f"{field}: BOOL bytes must be 0 or 1")
-    if dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         index = int(np.argmin(np.isfinite(array)))
         raise BadRequest(
             f"{field}: value {index} is {array[index]}; finite numbers expected (NaN and "
             "Infinity are refused, as in JSON)"
         )
-    if not array.flags.aligned:
-        array = array.copy()
-    return array.reshape(shape)
 
 
 def check_parameters(raw: object, field: str) -> dict[str, Any]:
