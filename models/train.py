@@ -22,6 +22,7 @@ __all__ = [
     "train_to_file",
 ]
 
+# (steps done, steps planned, last loss): called with 0 and NaN before the first step.
 ProgressCallback = Callable[[int, int, float], None]
 
 
@@ -95,13 +96,16 @@ def _fit(
     architecture: Architecture,
     config: TrainConfig,
     progress: ProgressCallback | None,
-) -> float:
+) -> tuple[float, int, float]:
+    """Train in place; return the last loss, the steps taken and the epochs they make up."""
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     epochs = config.epochs or architecture.epochs
-    steps_per_epoch = -(-len(data.x_train) // config.batch_size)
+    # A last batch of one sample is skipped (BatchNorm needs two), so it is no step.
+    full, rest = divmod(len(data.x_train), config.batch_size)
+    steps_per_epoch = full + (rest >= 2)
     total = steps_per_epoch * epochs
     if config.max_steps is not None:
         total = max(1, min(total, config.max_steps))
@@ -109,6 +113,8 @@ def _fit(
     loss_fn = _loss_fn(architecture.task, data)
     model.train()
     step, loss_value = 0, float("nan")
+    if progress is not None:
+        progress(0, total, loss_value)  # the plan, before the first (slowest) step
     while step < total:
         order = torch.randperm(len(data.x_train), generator=generator)
         for start in range(0, len(order), config.batch_size):
@@ -127,7 +133,7 @@ def _fit(
             if step >= total:
                 break
     model.eval()
-    return loss_value
+    return loss_value, step, step / steps_per_epoch
 
 
 def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
@@ -136,14 +142,16 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
     torch.manual_seed(config.seed)
     data = load_dataset(architecture.dataset, seed=config.seed, val_fraction=config.val_fraction)
     model = build_model(config.arch)
-    train_loss = _fit(model, data, architecture, config, progress)
+    train_loss, steps, epochs_run = _fit(model, data, architecture, config, progress)
     metrics: dict[str, object] = {
         "task": architecture.task,
         "train_loss": train_loss,
         "dataset": data.name,
         "seed": config.seed,
         "val_fraction": config.val_fraction,
-        "epochs": config.epochs or architecture.epochs,
+        # What ran, not what was planned: --max-steps may stop inside the first epoch.
+        "epochs": round(epochs_run, 3),
+        "steps": steps,
         "max_steps": config.max_steps,
     }
     if architecture.task == "classification":

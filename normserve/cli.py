@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+from importlib.metadata import version as distribution_version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperCommand, TyperOption
 
 from normserve.errors import UserError
 
@@ -21,10 +24,30 @@ app = typer.Typer(
     help="Fold and freeze normalization, export to ONNX, prove parity, serve over HTTP.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"normserve {distribution_version('normserve')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print normserve's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Fold and freeze normalization, export to ONNX, prove parity, serve over HTTP."""
 
 
 def _fail(message: str) -> typer.Exit:
@@ -66,9 +89,47 @@ def _importable_from_cwd() -> None:
         sys.path.insert(0, cwd)
 
 
-@app.command()
+def _architectures() -> list[tuple[str, str]]:
+    """(name, what it trains on) for every registered architecture; empty without torch."""
+    try:
+        from normserve.models.registry import get_architecture, list_architectures
+    except ImportError:  # the serving-only install: no torch, nothing to train
+        return []
+    return [
+        (name, f"{arch.dataset}, {arch.epochs} epochs")
+        for name, arch in ((n, get_architecture(n)) for n in list_architectures())
+    ]
+
+
+def _complete_architecture(incomplete: str) -> list[tuple[str, str]]:
+    return [(name, about) for name, about in _architectures() if name.startswith(incomplete)]
+
+
+ARCH_HELP = "Registry architecture to train."
+
+
+class _TrainCommand(TyperCommand):
+    """``train --help`` names the registered architectures. They are looked up only when the
+    help is shown: the registry imports torch, which no other command line should pay for."""
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        listed = _architectures()
+        names = (
+            "; ".join(f"{name} ({about})" for name, about in listed)
+            if listed
+            else "none: install normserve[export] to train"
+        )
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.name == "arch":
+                param.help = f"{ARCH_HELP} One of: {names}."
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=_TrainCommand)
 def train(
-    arch: Annotated[str, typer.Option(help="Registry architecture to train.")] = "digits_cnn",
+    arch: Annotated[
+        str, typer.Option(help=ARCH_HELP, autocompletion=_complete_architecture)
+    ] = "digits_cnn",
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Passes over the training split (default: per arch).")
     ] = None,
@@ -91,22 +152,26 @@ def train(
         with Progress(
             TextColumn("training {task.description}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             console=err,
             transient=True,
         ) as progress:
-            task = progress.add_task(arch, total=None, loss=float("nan"))
+            task = progress.add_task(arch, total=None, status="loading data")
 
             def report(step: int, total: int, loss: float) -> None:
-                progress.update(task, completed=step, total=total, loss=loss)
+                status = f"{step}/{total} steps"
+                if math.isfinite(loss):
+                    status += f"  loss {loss:.4f}"
+                progress.update(task, completed=step, total=total, status=status)
 
             config = TrainConfig(arch=arch, epochs=epochs, max_steps=max_steps, seed=seed)
             result = train_to_file(config, target, report)
     except UserError as exc:
         raise _fail(str(exc)) from None
     metrics = result.checkpoint.metrics or {}
-    out.print(f"{result.summary()}  ({arch}, {metrics.get('epochs')} epochs, seed {seed})")
+    ran = f"{metrics.get('steps')} steps = {metrics.get('epochs'):g} epochs"
+    out.print(f"{result.summary()}  ({arch}, {ran}, seed {seed})")
     out.print(f"wrote {target}")
 
 
