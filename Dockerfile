@@ -49,6 +49,11 @@ RUN pip install --no-cache-dir --no-deps -c constraints.txt . \
     && pip check \
     && pip uninstall --yes pip setuptools \
     && find /opt/venv -type d -name tests -prune -exec rm -rf {} + \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/onnxruntime/transformers \
+              /opt/venv/lib/python3.11/site-packages/onnxruntime/quantization \
+              /opt/venv/lib/python3.11/site-packages/onnxruntime/tools \
+              /opt/venv/lib/python3.11/site-packages/numpy/f2py \
+              /opt/venv/lib/python3.11/site-packages/numpy/distutils \
     && find /opt/venv -type f -name '*.so*' -not -path '*.libs/*' -exec strip --strip-debug {} +
 
 # ---------------------------------------------------------------------------------------------
@@ -75,10 +80,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     NORMSERVE_REPOSITORY=/models \
     NORMSERVE_HOST=0.0.0.0 \
-    NORMSERVE_PORT=8000
+    NORMSERVE_PORT=8000 \
+    NORMSERVE_GRPC_PORT=8001
 USER 10001:10001
 WORKDIR /models
-EXPOSE 8000
+# HTTP and gRPC (the same V2 protocol; Triton's ports). NORMSERVE_GRPC_PORT=off turns gRPC off.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "/opt/normserve/healthcheck.py"]
 STOPSIGNAL SIGTERM
@@ -169,12 +176,13 @@ ENV ORT_DISABLE_TELEMETRY=1 \
     NORMSERVE_REPOSITORY=/models \
     NORMSERVE_HOST=0.0.0.0 \
     NORMSERVE_PORT=8000 \
+    NORMSERVE_GRPC_PORT=8001 \
     NORMSERVE_PROVIDER=cuda \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
 WORKDIR /models
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "/opt/normserve/healthcheck.py"]
 STOPSIGNAL SIGTERM

@@ -12,6 +12,8 @@ import orjson
 
 from normserve import __version__
 from normserve.model_repository import DATATYPES
+from normserve.service.codecs import grpc as grpc_codec
+from normserve.service.codecs import inference_pb2 as pb
 from normserve.service.codecs.v1 import PredictRequest, decode_predict_request, encode_predictions
 from normserve.service.codecs.v2 import (
     InferRequest,
@@ -29,6 +31,7 @@ from normserve.service.settings import Settings
 __all__ = [
     "InferOutcome",
     "infer",
+    "infer_grpc",
     "model_config",
     "model_metadata",
     "model_stats",
@@ -186,6 +189,15 @@ async def infer(servable: Servable, body: bytes, header_length: str | None) -> I
         return decode_infer_request(parse_json_body(header), model, binary)
 
     return await run(servable, decode, encode_infer_response)
+
+
+async def infer_grpc(servable: Servable, message: pb.ModelInferRequest) -> InferOutcome:
+    """V2 ``ModelInfer`` over gRPC; the body is a serialized ``ModelInferResponse``."""
+
+    def decode(model: LoadedModel) -> InferRequest:
+        return grpc_codec.decode_infer_request(message, model)
+
+    return await run(servable, decode, grpc_codec.encode_infer_response)
 
 
 async def predict(servable: Servable, body: bytes, default_top_k: int) -> InferOutcome:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["LogFormat", "Provider", "Settings", "settings_table"]
@@ -29,6 +29,19 @@ class Settings(BaseSettings):
 
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one)."""
+
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """gRPC port: the same V2 protocol (``GRPCInferenceService``, Triton's extensions,
+    ``grpc.health.v1``) on the same host, beside HTTP; unset or ``off`` serves no gRPC (the
+    images set 8001, Triton's port); 0 picks a free one."""
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _grpc_off(cls, value: object) -> object:
+        """``off`` (or an empty value) is the off switch."""
+        if isinstance(value, str) and value.strip().lower() in {"", "off"}:
+            return None
+        return value
 
     provider: Provider = "auto"
     """ONNX Runtime provider: ``auto`` (CUDA when onnxruntime-gpu offers it, else CPU), ``cpu``,

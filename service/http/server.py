@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from types import FrameType
 
 import uvicorn
 
 from normserve.service.app import create_app
+from normserve.service.grpc.server import GrpcServer, grpc_server
 from normserve.service.http.uvicorn_protocol import JsonErrorHttpToolsProtocol
 from normserve.service.runtime.state import Runtime
 from normserve.service.settings import Settings
@@ -26,11 +28,18 @@ class DrainingServer(uvicorn.Server):
     Draining: readiness answers 503 and new inference is refused (503, ``Retry-After``) while the
     socket stays open, so load balancers see the change; in-flight requests finish; then the
     server stops, all within ``drain_timeout_s``. A second signal stops at once.
+
+    With ``grpc``, the gRPC server runs on the same loop and drains with HTTP: health turns
+    NOT_SERVING, inference is refused (UNAVAILABLE), its RPCs count as in flight, and it stops
+    before HTTP does, within the same budget.
     """
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+    def __init__(
+        self, config: uvicorn.Config, runtime: Runtime, grpc: GrpcServer | None = None
+    ) -> None:
         super().__init__(config)
         self.runtime = runtime
+        self.grpc = grpc
         self._drain_requested = False
         self._deadline: float | None = None
         self._hard_deadline = 0.0
@@ -51,6 +60,8 @@ class DrainingServer(uvicorn.Server):
                 # Keep part of the budget for closing connections after the drain.
                 self._deadline = self._hard_deadline - min(1.0, total / 4)
                 self.runtime.begin_drain()
+                if self.grpc is not None:
+                    await self.grpc.begin_drain()
             in_flight = self.runtime.in_flight
             if in_flight == 0 or now >= self._deadline:
                 if in_flight:
@@ -58,6 +69,22 @@ class DrainingServer(uvicorn.Server):
                 self.config.timeout_graceful_shutdown = max(0.1, self._hard_deadline - now - 0.3)
                 self.should_exit = True
         return await super().on_tick(counter)
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            await self.grpc.start()  # a busy port: GrpcStartError, a UserError
+        try:
+            await super().serve(sockets)
+        finally:
+            if self.grpc is not None:
+                await self.grpc.stop(0)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            # RPCs had the drain to finish; what is left gets the rest of the budget.
+            remaining = self._hard_deadline - time.monotonic()
+            await self.grpc.stop(0 if self.force_exit else max(0.1, remaining))
+        await super().shutdown(sockets)
 
 
 def serve(settings: Settings) -> None:
@@ -78,4 +105,4 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         http=JsonErrorHttpToolsProtocol,
     )
-    DrainingServer(config, runtime).run()
+    DrainingServer(config, runtime, grpc_server(runtime)).run()

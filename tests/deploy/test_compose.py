@@ -14,7 +14,7 @@ from tests.deploy.dockerfile import Dockerfile
 from tests.deploy.settings_env import PREFIX, env_name, field_of, plain, settings_from_env
 
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
-FIXED_BY_CONTAINER = {"repository", "host", "port"}
+FIXED_BY_CONTAINER = {"repository", "host", "port", "grpc_port"}
 
 
 def duration_s(text: str) -> float:
@@ -100,12 +100,16 @@ def test_serve_is_healthchecked_on_the_ready_route_and_runs_locked_down(
     assert user is not None
     assert serve["user"] == user.args
     assert serve["cap_drop"] == ["ALL"]
-    # The ports: container side is the port the server binds; host side loopback by default.
-    (port,) = serve["ports"]
-    match = INTERPOLATION.match(port)
-    assert match, port
-    assert match["default"].startswith("127.0.0.1:")
-    assert port[match.end() :] == ":" + str(serve["environment"]["NORMSERVE_PORT"])
+    # The ports: container sides are the ports the server binds (HTTP, gRPC); host sides loopback
+    # by default.
+    bound = [str(serve["environment"][f"NORMSERVE_{name}"]) for name in ("PORT", "GRPC_PORT")]
+    published = []
+    for port in serve["ports"]:
+        match = INTERPOLATION.match(port)
+        assert match, port
+        assert match["default"].startswith("127.0.0.1:")
+        published.append(port[match.end() :].removeprefix(":"))
+    assert published == bound
     # Compose waits longer than the server's own drain before it sends SIGKILL.
     assert serve["stop_signal"] == "SIGTERM"
     drain = settings_fields.get("drain_timeout_s")

@@ -136,7 +136,8 @@ def test_serve_stage_runs_as_non_root_on_the_container_interface(
     assert env["NORMSERVE_HOST"] == "0.0.0.0"
     exposed = serve.last("EXPOSE")
     assert exposed is not None
-    assert exposed.args == env["NORMSERVE_PORT"] == "8000"
+    assert exposed.args.split() == [env["NORMSERVE_PORT"], env["NORMSERVE_GRPC_PORT"]]
+    assert exposed.args == "8000 8001"  # HTTP and gRPC, Triton's ports
     for name in env:
         if name.startswith("NORMSERVE_"):
             assert name.removeprefix("NORMSERVE_").lower() in settings_fields, name

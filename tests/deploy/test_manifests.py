@@ -67,7 +67,8 @@ def check_container(
     settings = settings_from_env({k: v for k, v in env.items() if k.startswith(PREFIX)})
     assert settings.host == "0.0.0.0"
     served_port = settings.port
-    assert [p["containerPort"] for p in container["ports"]] == [served_port]
+    grpc = [] if settings.grpc_port is None else [settings.grpc_port]
+    assert [p["containerPort"] for p in container["ports"]] == [served_port, *grpc]
     for probe_name, wanted in (
         ("readinessProbe", health_routes.ready),
         ("livenessProbe", health_routes.live),
@@ -163,8 +164,8 @@ def test_service_hpa_and_pdb_point_at_the_deployment(manifests: dict[str, dict])
 
     service = manifests["Service"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    (port,) = service["spec"]["ports"]
-    assert port_number(container, port["targetPort"]) == container["ports"][0]["containerPort"]
+    targets = [port_number(container, port["targetPort"]) for port in service["spec"]["ports"]]
+    assert targets == [port["containerPort"] for port in container["ports"]]
 
     hpa = manifests["HorizontalPodAutoscaler"]
     target = hpa["spec"]["scaleTargetRef"]

@@ -28,6 +28,7 @@ class Server:
     host_port: str
     proc: subprocess.Popen
     log_path: Path
+    grpc_target: str | None = None  # host:port of the gRPC server, when started with grpc=True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -51,10 +52,13 @@ def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | 
 
 @contextmanager
 def running_server(
-    repository: Path, log_path: Path, env: dict[str, str] | None = None
+    repository: Path, log_path: Path, env: dict[str, str] | None = None, *, grpc: bool = False
 ) -> Iterator[Server]:
-    """A server on a free port, ready; always stopped (SIGKILL if it outlives the test)."""
+    """A server on a free port, ready; always stopped (SIGKILL if it outlives the test).
+
+    ``grpc`` also serves gRPC on another free port (up before HTTP answers ready)."""
     port = free_port()
+    grpc_port = free_port() if grpc else None
     command = [
         str(Path(sys.executable).parent / "normserve"),
         "serve",
@@ -66,6 +70,8 @@ def running_server(
         str(port),
     ]
     full_env = {**os.environ, "NORMSERVE_PROVIDER": "cpu", **(env or {})}
+    if grpc_port is not None:
+        full_env["NORMSERVE_GRPC_PORT"] = str(grpc_port)
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     url = f"http://127.0.0.1:{port}"
@@ -76,7 +82,8 @@ def running_server(
             "ready",
             proc,
         )
-        yield Server(url, f"127.0.0.1:{port}", proc, log_path)
+        grpc_target = f"127.0.0.1:{grpc_port}" if grpc_port is not None else None
+        yield Server(url, f"127.0.0.1:{port}", proc, log_path, grpc_target)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,1 @@
+"""The V2 inference protocol over gRPC: ``GRPCInferenceService`` and ``grpc.health.v1``."""
