@@ -1,7 +1,10 @@
-# The two commands on a fresh machine: `make run` and `make test`.
+# The two commands on a fresh machine: `make run` and `make test`. They share .venv: `make run`
+# installs what serving and export need (the `export` extra), `make test` adds the `dev` extra
+# (test tools, linters, the documentation builder). One stamp file per install.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 REPOSITORY ?= model_repository
 MODEL ?= digits
@@ -9,16 +12,22 @@ CHECKPOINT ?= checkpoints/digits_cnn.pt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format model clean
+.PHONY: run test lint format docs model clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[export]'
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[export,dev]'
 	touch $(STAMP)
 
 # Train and export the default model only when the repository has none.
-model: $(STAMP)
+model: $(RUN_STAMP)
 	@if ls $(REPOSITORY)/$(MODEL)/*/model.onnx >/dev/null 2>&1; then \
 		echo "model repository already holds $(MODEL): reusing it"; \
 	else \
@@ -42,12 +51,17 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+# The documentation site (docs/, mkdocs.yml) into site/, failing on a broken link or a page
+# missing from the nav, as the test suite does.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
-# ---- Containers (README "Deploy"). The serving image with the default model baked in: the model
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache site
+
+# ---- Containers (docs/deploy.md). The serving image with the default model baked in: the model
 # is trained and exported first when $(REPOSITORY) has none. PYTHON_IMAGE names the Python 3.11
-# slim base (a local stand-in where Docker Hub is out of reach, see scripts/docker_engine.sh).
+# slim base (a local stand-in where Docker Hub is out of reach: docs/contributing.md).
 IMAGE ?= normserve:latest
 PYTHON_IMAGE ?= python:3.11-slim
 DOCKER ?= docker
@@ -66,7 +80,7 @@ test-fast: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -m "not docker"
 
-# ---- Benchmarks (README "Benchmarks"): every figure, chart and the README table, from scratch.
+# ---- Benchmarks (docs/benchmarks.md): every figure, chart and the docs page's tables, from scratch.
 # QUICK=1: short runs that check the scripts, into $TMPDIR/normserve-bench-quick (never the
 # published figures in benchmarks/results).
 # BENCH_ARGS: extra options, e.g. BENCH_ARGS="--only overhead,decode".
