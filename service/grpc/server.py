@@ -8,7 +8,9 @@ refused by gRPC itself (RESOURCE_EXHAUSTED) before they are read. The port is bo
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +27,22 @@ log = logging.getLogger("normserve.service")
 
 class GrpcStartError(UserError):
     """The gRPC port cannot be bound."""
+
+
+def _check_free(host: str, port: int, address: str) -> None:
+    """A plain bind first: a busy port is one clear line here, not gRPC core's log lines."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            hint = "; another process is listening there" if exc.errno == errno.EADDRINUSE else ""
+            reason = exc.strerror or str(exc)
+            raise GrpcStartError(
+                f"cannot serve gRPC on {address} (NORMSERVE_GRPC_PORT): {reason}{hint}"
+            ) from None
 
 
 def _address(host: str, port: int) -> str:
@@ -59,6 +77,7 @@ class GrpcServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = _address(settings.host, self.requested_port)
+        _check_free(settings.host, self.requested_port, address)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
