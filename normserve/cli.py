@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperCommand, TyperOption
 
 from normserve.errors import UserError
+from normserve.serve_options import ServeCommand, settings_given
 
 __all__ = ["app", "main"]
 
@@ -304,25 +305,22 @@ def verify(
     out.print(f"verified {entry}")
 
 
-@app.command()
-def serve(
-    repository: Annotated[Path | None, typer.Option(help="Model repository directory.")] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
-) -> None:
-    """Serve the model repository over HTTP (V2 protocol). Options override NORMSERVE_*."""
+@app.command(cls=ServeCommand)
+def serve(ctx: typer.Context) -> None:
+    """Serve the model repository over HTTP (V2 protocol).
+
+    Every option is a serving setting and can be set instead by its NORMSERVE_* variable; an
+    option given wins over the variable. An unknown NORMSERVE_* variable, an empty repository
+    or a busy port stops start-up with one line.
+    """
     from pydantic import ValidationError
 
     from normserve.service.http.server import serve as run_server
-    from normserve.service.settings import Settings
+    from normserve.service.settings import Settings, check_environment
 
-    overrides = {
-        k: v
-        for k, v in {"repository": repository, "host": host, "port": port}.items()
-        if v is not None
-    }
     try:
-        settings = Settings(**overrides)
+        check_environment(os.environ)
+        settings = Settings(**settings_given(ctx))
         run_server(settings)
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LogFormat", "Provider", "Settings", "settings_table"]
+from normserve.errors import UserError
 
+__all__ = [
+    "ENV_PREFIX",
+    "LogFormat",
+    "Provider",
+    "Settings",
+    "check_environment",
+    "settings_table",
+]
+
+ENV_PREFIX = "NORMSERVE_"
 Provider = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 
@@ -18,11 +30,15 @@ class Settings(BaseSettings):
     """Serving configuration. Each field is read from ``NORMSERVE_<FIELD>`` (case-insensitive)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="NORMSERVE_", extra="forbid", use_attribute_docstrings=True, frozen=True
+        env_prefix=ENV_PREFIX, extra="forbid", use_attribute_docstrings=True, frozen=True
     )
 
     repository: Path = Path("model_repository")
     """Model repository directory: ``<name>/<version>/{model.onnx, model.json}``."""
+
+    allow_empty_repository: bool = False
+    """Start even when the repository holds no model (to add models later through the
+    repository API or polling); otherwise an empty repository stops start-up."""
 
     host: str = "127.0.0.1"
     """Interface to listen on; use 0.0.0.0 inside a container."""
@@ -103,6 +119,32 @@ class Settings(BaseSettings):
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the server and its access log."""
+
+
+# Variables with the prefix that belong to the project's other tools, not to the server:
+# the benchmarks' own knobs and the container-engine script's cache.
+_OTHER_TOOLS = ("NORMSERVE_BENCH_", "NORMSERVE_BASE_CACHE")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a ``NORMSERVE_*`` variable that names no setting (pydantic-settings ignores
+    them): ``UserError`` naming it and the closest valid name."""
+    known = [name.upper() for name in Settings.model_fields]
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(ENV_PREFIX) or name.startswith(_OTHER_TOOLS):
+            continue
+        field = name.removeprefix(ENV_PREFIX)
+        if field in known:
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        ratio, closest = max((difflib.SequenceMatcher(None, field, k).ratio(), k) for k in known)
+        hint = (
+            f"did you mean {ENV_PREFIX}{closest}?"
+            if ratio >= 0.6
+            else f"the closest is {ENV_PREFIX}{closest}; `normserve serve --help` lists them all"
+        )
+        raise UserError(f"unknown setting {variable}: no setting has that name ({hint})")
 
 
 def settings_table() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
@@ -10,6 +11,7 @@ from types import FrameType
 
 import uvicorn
 
+from normserve.errors import UserError
 from normserve.service.app import create_app
 from normserve.service.grpc.server import GrpcServer, grpc_server
 from normserve.service.http.uvicorn_protocol import JsonErrorHttpToolsProtocol
@@ -17,7 +19,7 @@ from normserve.service.runtime.state import Runtime
 from normserve.service.settings import Settings
 from normserve.service.telemetry.logs import configure_logging
 
-__all__ = ["DrainingServer", "serve"]
+__all__ = ["DrainingServer", "listen", "serve"]
 
 log = logging.getLogger("normserve.service")
 
@@ -87,14 +89,41 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(settings: Settings) -> None:
-    """Load the repository, then serve until a signal, draining first.
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound and listening now: a busy port, a host that is not
+    this machine's or a port that needs privileges is one ``UserError`` before models load.
+    Listening at once keeps the port ours while models load (connections wait in the
+    backlog)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        hint = "; another process is listening there" if exc.errno == errno.EADDRINUSE else ""
+        raise UserError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
+    return sock
 
-    Loading first means a broken repository fails with one clear line before a port is bound.
+
+def serve(settings: Settings) -> None:
+    """Take the port, load the repository, then serve until a signal, draining first.
+
+    Both checks come before any model loads: a busy port or a broken repository fails with one
+    clear line (a ``UserError``) at once.
     """
     configure_logging(settings)
-    runtime = Runtime(settings=settings)
-    runtime.load_repository()
+    sock = listen(settings.host, settings.port)
+    try:
+        runtime = Runtime(settings=settings)
+        runtime.load_repository()
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     config = uvicorn.Config(
         create_app(settings, runtime),
         host=settings.host,
@@ -105,4 +134,4 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         http=JsonErrorHttpToolsProtocol,
     )
-    DrainingServer(config, runtime, grpc_server(runtime)).run()
+    DrainingServer(config, runtime, grpc_server(runtime)).run(sockets=[sock])

@@ -88,6 +88,8 @@ class Runtime:
         serving a partial repository silently would hide the failure.
         """
         entries = scan_repository(self.settings.repository)
+        if not entries:
+            _refuse_empty(self.settings.repository, self.settings.allow_empty_repository)
         servables = []
         for entry in entries:
             try:
@@ -97,7 +99,10 @@ class Runtime:
                 raise
             self.metrics.model_event(entry.name, entry.version, "load", ok=True)
         if not servables:
-            log.warning("model repository %s holds no models", self.settings.repository)
+            log.warning(
+                "model repository %s holds no models: serving none until some are loaded",
+                self.settings.repository,
+            )
         self.store = ModelStore.of(servables)
         self.ready = True
 
@@ -311,6 +316,40 @@ class Runtime:
             await servable.batcher.close()
         for task in list(self._retiring):
             task.cancel()
+
+
+_LAYOUT = "<repository>/<name>/<version>/{model.onnx, model.json}"
+
+
+def _refuse_empty(root: Path, allowed: bool) -> None:
+    """A repository with no version in it: ``RepositoryError`` with a hint at the layout,
+    unless ``allowed`` (for the repository API) and the path is not a model's or a version's
+    own directory, which no model could ever be added to correctly."""
+    if (root / "model.json").is_file() or (root / "model.onnx").is_file():
+        raise RepositoryError(
+            f"model repository {root} is a version directory (it holds the model files "
+            f"itself); the layout is {_LAYOUT}: point it at {root.parent.parent}"
+        )
+    if any(
+        (d / "model.json").is_file() or (d / "model.onnx").is_file() for d in _subdirectories(root)
+    ):
+        raise RepositoryError(
+            f"model repository {root} is a model directory (its subdirectories hold the model "
+            f"files); the layout is {_LAYOUT}: point it at {root.parent}"
+        )
+    if not allowed:
+        raise RepositoryError(
+            f"model repository {root} holds no models: expected {_LAYOUT} (write one with "
+            "`normserve export`), or set NORMSERVE_ALLOW_EMPTY_REPOSITORY=true to start empty "
+            "and add models through the repository API"
+        )
+
+
+def _subdirectories(root: Path) -> list[Path]:
+    try:
+        return [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return []
 
 
 def _scan_model(model_dir: Path) -> list[VersionEntry]:
