@@ -18,16 +18,20 @@ from normserve.service.http.openapi import install_openapi
 from normserve.service.http.routes import router
 from normserve.service.runtime.state import Runtime
 from normserve.service.settings import Settings
+from normserve.service.telemetry.tracing import Tracing
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("normserve.service")
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, runtime: Runtime | None = None, tracing: Tracing | None = None
+) -> FastAPI:
     """Build the app; the repository is loaded at start-up (lifespan), off the event loop.
 
-    Pass ``runtime`` to serve an already-loaded set of models (the server and tests do).
+    Pass ``runtime`` to serve an already-loaded set of models (the server and tests do), and
+    ``tracing`` to trace requests (``telemetry.tracing.start_tracing``; off when ``None``).
     """
     runtime = runtime or Runtime(settings=settings)
 
@@ -49,6 +53,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         version=__version__,
         summary="Folded, frozen, proven ONNX models over the Open Inference Protocol (V2)",
         lifespan=lifespan,
+        # Tracing is ours (ObserveMiddleware); FastAPI's own would add a second server span.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     app.state.api_key = api_key
@@ -60,6 +66,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     # Ordinary middleware, the last added outermost: observation sees every request, then the
     # fast path answers inference from the route table above, then FastAPI's own stack.
     app.add_middleware(FastPath, routes=router.routes, runtime=runtime, api_key=api_key)
-    app.add_middleware(ObserveMiddleware, runtime=runtime)
+    app.add_middleware(ObserveMiddleware, runtime=runtime, tracing=tracing)
     install_openapi(app)
     return app

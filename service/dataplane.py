@@ -23,10 +23,12 @@ from normserve.service.codecs.v2 import (
     split_body,
 )
 from normserve.service.errors import ServeError
+from normserve.service.runtime.batcher import BatchResult
 from normserve.service.runtime.loader import LoadedModel
 from normserve.service.runtime.servable import Servable, batch_policy
 from normserve.service.runtime.store import ModelStore
 from normserve.service.settings import Settings
+from normserve.service.telemetry.tracing import RequestSpan
 
 __all__ = [
     "InferOutcome",
@@ -158,10 +160,12 @@ async def run(
     servable: Servable,
     decode: Callable[[LoadedModel], D],
     encode: Callable[[LoadedModel, D, list[np.ndarray]], tuple[bytes, int | None]],
+    span: RequestSpan | None = None,
 ) -> InferOutcome:
     """The one inference path of every protocol: decode, queue for a batch, encode. Statistics
     record success and failure alike; ``encode`` returns the body and, for a binary body, the
-    length of its JSON header."""
+    length of its JSON header. ``span`` is the request's server span when tracing is on: the
+    phases become its child spans."""
     start = time.perf_counter()
     try:
         request = decode(servable.model)
@@ -173,22 +177,53 @@ async def run(
         payload, json_length = encode(servable.model, request, result.outputs)
     except ServeError as exc:
         servable.stats.request_failed(exc.status, time.perf_counter() - start)
+        if span is not None:
+            span.set_attributes({**_model_attributes(servable), "normserve.error": exc.message})
         raise
     end = time.perf_counter()
     servable.stats.request_done(
         end - start, result.queue_s, result.compute_s, decoded - start, end - returned
     )
+    if span is not None:
+        _trace_phases(span, servable, result, start, decoded, returned, end)
     return InferOutcome(payload, json_length, result.queue_s, result.compute_s, result.batch_size)
 
 
-async def infer(servable: Servable, body: bytes, header_length: str | None) -> InferOutcome:
+def _model_attributes(servable: Servable) -> dict[str, Any]:
+    return {"normserve.model.name": servable.name, "normserve.model.version": servable.version}
+
+
+def _trace_phases(
+    span: RequestSpan,
+    servable: Servable,
+    result: BatchResult,
+    start: float,
+    decoded: float,
+    returned: float,
+    end: float,
+) -> None:
+    """Decode, queue, compute and encode as child spans of the request's span. Queue and
+    compute are placed from the batcher's measured durations (the batch runs on another
+    thread) and carry the batch the request ran in."""
+    batch = {"normserve.batch.id": result.batch_id, "normserve.batch.size": result.batch_size}
+    span.set_attributes({**_model_attributes(servable), **batch})
+    queued = decoded + result.queue_s
+    span.phase("decode", start, decoded)
+    span.phase("queue", decoded, queued, batch)
+    span.phase("compute", queued, min(queued + result.compute_s, returned), batch)
+    span.phase("encode", returned, end)
+
+
+async def infer(
+    servable: Servable, body: bytes, header_length: str | None, span: RequestSpan | None = None
+) -> InferOutcome:
     """V2 ``infer``: a JSON body, or the binary tensor extension's header and tensor bytes."""
 
     def decode(model: LoadedModel) -> InferRequest:
         header, binary = split_body(body, header_length)
         return decode_infer_request(parse_json_body(header), model, binary)
 
-    return await run(servable, decode, encode_infer_response)
+    return await run(servable, decode, encode_infer_response, span)
 
 
 async def infer_grpc(servable: Servable, message: pb.ModelInferRequest) -> InferOutcome:
@@ -200,7 +235,9 @@ async def infer_grpc(servable: Servable, message: pb.ModelInferRequest) -> Infer
     return await run(servable, decode, grpc_codec.encode_infer_response)
 
 
-async def predict(servable: Servable, body: bytes, default_top_k: int) -> InferOutcome:
+async def predict(
+    servable: Servable, body: bytes, default_top_k: int, span: RequestSpan | None = None
+) -> InferOutcome:
     """The KServe V1 ``:predict`` view over the same batcher."""
 
     def decode(model: LoadedModel) -> PredictRequest:
@@ -211,4 +248,4 @@ async def predict(servable: Servable, body: bytes, default_top_k: int) -> InferO
     ) -> tuple[bytes, None]:
         return orjson.dumps(encode_predictions(model, outputs, request.top_k)), None
 
-    return await run(servable, decode, encode)
+    return await run(servable, decode, encode, span)

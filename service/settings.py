@@ -17,6 +17,7 @@ __all__ = [
     "LogFormat",
     "Provider",
     "Settings",
+    "TracingMode",
     "check_environment",
     "settings_table",
 ]
@@ -24,6 +25,7 @@ __all__ = [
 ENV_PREFIX = "NORMSERVE_"
 Provider = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
+TracingMode = Literal["auto", "on", "off"]
 
 
 class Settings(BaseSettings):
@@ -119,6 +121,12 @@ class Settings(BaseSettings):
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the server and its access log."""
+
+    tracing: TracingMode = "auto"
+    """OpenTelemetry traces (the ``tracing`` extra): ``auto`` is on when the standard
+    ``OTEL_TRACES_EXPORTER`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` asks for traces, ``on`` always
+    (OTLP to ``OTEL_EXPORTER_OTLP_ENDPOINT``), ``off`` never. Every other option comes from the
+    ``OTEL_*`` variables."""
 
 
 # Variables with the prefix that belong to the project's other tools, not to the server:

@@ -70,7 +70,7 @@ async def answer(
     headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
     try:
         outcome, name, number = await _infer(
-            runtime, api_key, receive, headers, protocol, model, version
+            runtime, api_key, receive, headers, protocol, model, version, scope
         )
     except Exception as exc:  # ServeError, or a bug that render logs and hides
         return render(exc)
@@ -88,13 +88,13 @@ async def answer(
     if coding is not None:
         body = compress(body, coding)
         response_headers += [(b"content-encoding", coding.encode()), (b"vary", b"Accept-Encoding")]
-    scope.setdefault("state", {})["log"] = {
-        "model": name,
-        "version": number,
-        "batch": outcome.batch_size,
-        "queue_ms": round(outcome.queue_s * 1000, 3),
-        "compute_ms": round(outcome.compute_s * 1000, 3),
-    }
+    scope.setdefault("state", {}).setdefault("log", {}).update(
+        model=name,
+        version=number,
+        batch=outcome.batch_size,
+        queue_ms=round(outcome.queue_s * 1000, 3),
+        compute_ms=round(outcome.compute_s * 1000, 3),
+    )
     return 200, response_headers, body
 
 
@@ -106,7 +106,9 @@ async def _infer(
     protocol: Protocol,
     model: str,
     version: str | None,
+    scope: Scope,
 ) -> tuple[InferOutcome, str, int]:
+    span = scope.get("state", {}).get("span")  # the request's server span when tracing is on
     if api_key is not None:
         api_key.check(headers.get(b"authorization"))
     runtime.require_ready().get(model, version)  # 404 before reading a large body
@@ -117,10 +119,10 @@ async def _infer(
     # is served even if its body finished arriving after it.
     servable = runtime.store.get(model, version)
     if protocol is Protocol.V1:
-        outcome = await dataplane.predict(servable, body, runtime.settings.top_k)
+        outcome = await dataplane.predict(servable, body, runtime.settings.top_k, span)
     else:
         header_length = headers.get(b"inference-header-content-length")
-        outcome = await dataplane.infer(servable, body, header_length)
+        outcome = await dataplane.infer(servable, body, header_length, span)
     return outcome, servable.name, servable.version
 
 

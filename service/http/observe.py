@@ -1,7 +1,10 @@
-"""Per-request observation: request id, in-flight count, HTTP metrics, one access log line.
+"""Per-request observation: request id, in-flight count, HTTP metrics, one access log line,
+and, when tracing is on, the request's server span.
 
 A pure ASGI middleware (no per-request objects beyond a closure). Routes add their own fields
-(model, version, queue and compute times) to ``request.state.log``.
+(model, version, queue and compute times) to ``request.state.log``. With tracing off the only
+cost is one ``if``; on, the span (a child of the caller's ``traceparent``) is in
+``scope["state"]["span"]`` for the inference path to add its phase spans to.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from normserve.service.runtime.state import Runtime
+    from normserve.service.telemetry.tracing import Tracing
 
 __all__ = ["ObserveMiddleware"]
 
@@ -34,14 +38,55 @@ def _request_id(scope: Scope) -> str:
 
 
 class ObserveMiddleware:
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    def __init__(self, app: ASGIApp, runtime: Runtime, tracing: Tracing | None = None) -> None:
         self.app = app
         self.runtime = runtime
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
+        elif self.tracing is None:
+            await self._observe(scope, receive, send)
+        else:
+            await self._traced(self.tracing, scope, receive, send)
+
+    async def _traced(self, tracing: Tracing, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request inside its server span, which ``state["span"]`` hands to the data plane
+        and whose trace id the access log line carries."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        method = scope["method"]
+        span = tracing.server_span(
+            method,
+            headers,
+            {
+                "http.request.method": method,
+                "url.path": scope["path"],
+                "url.scheme": scope.get("scheme", "http"),
+                "network.protocol.version": scope.get("http_version", "1.1"),
+            },
+        )
+        state = scope.setdefault("state", {})
+        state["span"] = span
+        state["log"] = {"trace_id": span.trace_id}
+        status = 500
+        try:
+            status = await self._observe(scope, receive, send)
+        finally:
+            template = getattr(scope.get("route"), "path", None)
+            attributes: dict[str, object] = {
+                "http.response.status_code": status,
+                "normserve.request_id": state.get("request_id", ""),
+            }
+            if template is not None:
+                attributes["http.route"] = template
+            span.set_attributes(attributes)
+            if status >= 500:
+                span.fail(f"HTTP {status}")
+            span.end(f"{method} {template}" if template else method)
+
+    async def _observe(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Run the request with its id, in-flight count, metrics and log line; its status."""
         start = time.perf_counter()
         request_id = _request_id(scope)
         state = scope.setdefault("state", {})
@@ -77,3 +122,4 @@ class ObserveMiddleware:
                     **state.get("log", {}),
                 }
                 access.info("request", extra={"fields": fields})
+        return status

@@ -18,6 +18,7 @@ from normserve.service.http.uvicorn_protocol import JsonErrorHttpToolsProtocol
 from normserve.service.runtime.state import Runtime
 from normserve.service.settings import Settings
 from normserve.service.telemetry.logs import configure_logging
+from normserve.service.telemetry.tracing import start_tracing
 
 __all__ = ["DrainingServer", "listen", "serve"]
 
@@ -115,6 +116,7 @@ def serve(settings: Settings) -> None:
     clear line (a ``UserError``) at once.
     """
     configure_logging(settings)
+    tracing = start_tracing(settings.tracing)
     sock = listen(settings.host, settings.port)
     try:
         runtime = Runtime(settings=settings)
@@ -125,7 +127,7 @@ def serve(settings: Settings) -> None:
     host, port = sock.getsockname()[:2]
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     config = uvicorn.Config(
-        create_app(settings, runtime),
+        create_app(settings, runtime, tracing),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -134,4 +136,8 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         http=JsonErrorHttpToolsProtocol,
     )
-    DrainingServer(config, runtime, grpc_server(runtime)).run(sockets=[sock])
+    try:
+        DrainingServer(config, runtime, grpc_server(runtime)).run(sockets=[sock])
+    finally:
+        if tracing is not None:
+            tracing.shutdown()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -58,12 +59,14 @@ class BatchPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """One request's share of a batch: its outputs (in the order it asked) and its timings."""
+    """One request's share of a batch: its outputs (in the order it asked), its timings, and
+    the batch (its number in this batcher, counted from 1, and its samples)."""
 
     outputs: list[np.ndarray]
     queue_s: float
     compute_s: float
     batch_size: int
+    batch_id: int = 0
 
 
 class _Item:
@@ -114,6 +117,7 @@ class _Job:
     inputs: list[dict[str, np.ndarray]]
     names: list[str]
     started: float
+    number: int
 
 
 class Batcher:
@@ -142,6 +146,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._delay_timer: asyncio.TimerHandle | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._batches = itertools.count(1)
         self._thread: threading.Thread | None = None
 
     @property
@@ -245,7 +250,14 @@ class Batcher:
         names = [n for n in self._output_order if any(n in item.outputs for item in batch)]
         self._running = batch
         self._jobs.put(
-            _Job(loop, batch, [item.inputs for item in batch], names, time.perf_counter())
+            _Job(
+                loop,
+                batch,
+                [item.inputs for item in batch],
+                names,
+                time.perf_counter(),
+                next(self._batches),
+            )
         )
 
     def _delay_over(self) -> None:
@@ -271,6 +283,7 @@ class Batcher:
                         job.started - item.arrived,
                         compute,
                         samples,
+                        job.number,
                     )
                 )
         self._dispatch()

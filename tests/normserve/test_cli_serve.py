@@ -88,6 +88,7 @@ def test_a_new_setting_becomes_an_option_by_itself():
             "invalid setting provider: Input should be 'auto', 'cpu' or 'cuda'",
         ),
         (["--access-log", "maybe"], "invalid setting access_log: Input should be a valid boolean"),
+        (["--tracing", "sometimes"], "invalid setting tracing: Input should be 'auto', 'on' or"),
     ],
 )
 def test_a_bad_option_value_is_one_line(tmp_path: Path, args: list[str], message: str):
