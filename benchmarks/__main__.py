@@ -1,5 +1,5 @@
 """``python -m benchmarks [--quick] [--only NAME,...]``: run the benchmarks, write
-``benchmarks/results/*.json|png``, then the summary table (and README's copy of it).
+``benchmarks/results/*.json|png``, then the summary table (and docs/benchmarks.md's copy of it).
 
 ``make bench`` runs this; ``make bench QUICK=1`` runs it with ``--quick``: short runs that check
 the scripts, written to a temporary directory and marked QUICK (never the published figures).
@@ -57,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--work", type=Path, default=None, help="workspace to keep (default: a temporary one)"
     )
     parser.add_argument(
-        "--no-readme", action="store_true", help="do not refresh README's benchmark table"
+        "--no-readme", action="store_true", help="do not refresh the tables in docs/benchmarks.md"
     )
     parser.add_argument(
         "--charts-only",

@@ -1,4 +1,4 @@
-"""Profiles behind the README's explanation of a missed target (not part of ``make bench``).
+"""Profiles behind docs/benchmarks.md's explanation of a missed target (not part of ``make bench``).
 
 ``python -m benchmarks.profile server [--arch digits_cnn] [--body binary] [--seconds 8]``
     py-spy samples a real ``normserve serve`` (GIL-holding frames only) while one client sends

@@ -1,27 +1,20 @@
-"""README's "Limits and failure behaviour" section against the code it describes."""
+"""docs/limits.md ("Limits and failure behaviour") against the code it describes."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from normserve.service import errors
 from normserve.service.settings import Settings
+from tests.docs.pages import DOCS, nav_pages, section
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-HEADING = "## Limits and failure behaviour"
-
-
-def section() -> str:
-    text = README.read_text()
-    assert HEADING in text
-    body = text.split(HEADING, 1)[1]
-    return body[: re.search(r"^## ", body, flags=re.MULTILINE).start()]
+PAGE = DOCS / "limits.md"
 
 
-def test_the_section_follows_the_serving_section():
-    headings = re.findall(r"^## .*$", README.read_text(), flags=re.MULTILINE)
-    assert headings[headings.index("## Serving: HTTP API and configuration") + 1] == HEADING
+def test_the_page_follows_the_serving_pages_in_the_nav():
+    nav = nav_pages()
+    assert nav.index("serving.md") < nav.index("limits.md")
+    assert nav.index("settings.md") < nav.index("limits.md")
 
 
 def test_every_status_the_server_answers_is_listed():
@@ -30,12 +23,13 @@ def test_every_status_the_server_answers_is_listed():
         for cls in vars(errors).values()
         if isinstance(cls, type) and issubclass(cls, errors.ServeError) and cls.status != 500
     } | {405, 500}
-    listed = {int(s) for s in re.findall(r"^\| (\d{3}) \|", section(), flags=re.MULTILINE)}
+    table = section(PAGE, "## Status codes")
+    listed = {int(s) for s in re.findall(r"^\| (\d{3}) \|", table, flags=re.MULTILINE)}
     assert listed == statuses
 
 
 def test_settings_named_exist_and_quoted_defaults_are_the_code_s():
-    text = section()
+    text = PAGE.read_text()
     fields = set(Settings.model_fields)
     for name in re.findall(r"NORMSERVE_([A-Z_]+)", text):
         assert name.lower() in fields, name

@@ -1,4 +1,5 @@
-"""README's serving section: every setting listed, every example runs as written."""
+"""The serving documentation against the server: docs/settings.md lists every setting as the
+code generates it, and every example of docs/serving.md runs as written against a real server."""
 
 from __future__ import annotations
 
@@ -12,29 +13,32 @@ from pathlib import Path
 import pytest
 
 from normserve.service.settings import Settings, settings_table
+from tests.docs.pages import DOCS, Example, examples_run_by
 from tests.service.process import Server, running_server
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-HEADING = "## Serving: HTTP API and configuration"
+SERVING = DOCS / "serving.md"
+SETTINGS = DOCS / "settings.md"
+RUNNER = "tests/service/test_readme.py"
 
 
-def serving_section() -> str:
-    text = README.read_text()
-    assert HEADING in text, f"README has no {HEADING!r} section"
-    section = text.split(HEADING, 1)[1]
-    following = re.search(r"^## ", section, flags=re.MULTILINE)
-    return section[: following.start()] if following else section
+def examples() -> list[Example]:
+    """The examples of the documentation this module runs."""
+    return examples_run_by(RUNNER)
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```$", serving_section(), re.DOTALL | re.MULTILINE)
+def test_every_example_here_is_on_the_serving_page():
+    assert all(e.page == SERVING for e in examples())
 
 
-def test_readme_lists_every_setting_as_generated():
-    section = serving_section()
+def test_settings_page_lists_every_setting_as_generated():
+    text = SETTINGS.read_text()
     for name in Settings.model_fields:
-        assert f"`NORMSERVE_{name.upper()}`" in section, name
-    assert settings_table() in section  # defaults and docs as the code has them
+        assert f"`NORMSERVE_{name.upper()}`" in text, name
+    table = settings_table()
+    assert table in text, (
+        "docs/settings.md's table differs from the code; paste this between its settings "
+        f"markers:\n{table}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +56,26 @@ def as_written(example: str, server: Server) -> str:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_curl_examples_run_as_written(server: Server):
-    examples = [b for b in blocks("bash") if "normserve serve" not in b]
-    assert len(examples) >= 5
-    for example in examples:
+def test_shell_examples_run_as_written(server: Server):
+    shell = [e for e in examples() if e.language == "bash"]
+    assert len(shell) >= 5
+    for example in shell:
         result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", as_written(example, server)],
+            ["bash", "-euo", "pipefail", "-c", as_written(example.code, server)],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
-        assert result.returncode == 0, (example, result.stderr)
-        assert result.stdout.strip(), example
-        assert '"error"' not in result.stdout, (example, result.stdout)
+        assert result.returncode == 0, (example.where(), result.stderr)
+        assert result.stdout.strip(), example.where()
+        assert '"error"' not in result.stdout, (example.where(), result.stdout)
 
 
 def test_tritonclient_example_runs_as_written(server: Server):
-    (example,) = blocks("python")
+    (example,) = [e for e in examples() if e.language == "python"]
     result = subprocess.run(
-        [sys.executable, "-c", as_written(example, server)],
+        [sys.executable, "-c", as_written(example.code, server)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -81,3 +85,8 @@ def test_tritonclient_example_runs_as_written(server: Server):
     lines = result.stdout.splitlines()
     assert lines[0] == "64"  # max_batch_size from /config
     assert lines[1].startswith("batch-7 [")  # the request id came back
+
+
+def test_every_setting_named_on_the_serving_page_exists():
+    for name in re.findall(r"NORMSERVE_([A-Z_]+)", SERVING.read_text()):
+        assert name.lower() in Settings.model_fields, name
