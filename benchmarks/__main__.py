@@ -34,6 +34,7 @@ BENCHMARKS = (
     "decode",
     "overhead",
     "throughput",
+    "grpc_bench",
     "cold_start",
     "soak",
     "gpu",
