@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from normserve import __version__
 from normserve.service.errors import install_error_handlers
 from normserve.service.http.auth import BearerKey
+from normserve.service.http.docs import install_docs
 from normserve.service.http.fastpath import FastPath
 from normserve.service.http.observe import ObserveMiddleware
 from normserve.service.http.openapi import install_openapi
@@ -53,6 +54,9 @@ def create_app(
         version=__version__,
         summary="Folded, frozen, proven ONNX models over the Open Inference Protocol (V2)",
         lifespan=lifespan,
+        # Swagger UI from the package's own assets (install_docs); no CDN pages.
+        docs_url=None,
+        redoc_url=None,
         # Tracing is ours (ObserveMiddleware); FastAPI's own would add a second server span.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -68,4 +72,5 @@ def create_app(
     app.add_middleware(FastPath, routes=router.routes, runtime=runtime, api_key=api_key)
     app.add_middleware(ObserveMiddleware, runtime=runtime, tracing=tracing)
     install_openapi(app)
+    install_docs(app)
     return app

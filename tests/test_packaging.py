@@ -66,6 +66,9 @@ def test_wheel_has_one_top_level_package(tmp_path: Path):
         n[: -len("/__init__.py")].replace("/", ".") for n in names if n.endswith("__init__.py")
     }
     assert packaged == _source_packages()
+    # Package data: Swagger UI's assets, which /docs serves from the installed package.
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "LICENSE"):
+        assert f"normserve/service/http/swagger-ui/{asset}" in names, asset
     (record,) = [n for n in names if n.endswith(".dist-info/top_level.txt")] or [None]
     if record is not None:
         assert zipfile.ZipFile(wheel).read(record).decode().split() == ["normserve"]
