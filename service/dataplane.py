@@ -204,7 +204,9 @@ def _trace_phases(
 ) -> None:
     """Decode, queue, compute and encode as child spans of the request's span. Queue and
     compute are placed from the batcher's measured durations (the batch runs on another
-    thread) and carry the batch the request ran in."""
+    thread) and carry the batch the request ran in. Nothing for a request not sampled."""
+    if not span.recording:
+        return
     batch = {"normserve.batch.id": result.batch_id, "normserve.batch.size": result.batch_size}
     span.set_attributes({**_model_attributes(servable), **batch})
     queued = decoded + result.queue_s
@@ -226,13 +228,15 @@ async def infer(
     return await run(servable, decode, encode_infer_response, span)
 
 
-async def infer_grpc(servable: Servable, message: pb.ModelInferRequest) -> InferOutcome:
+async def infer_grpc(
+    servable: Servable, message: pb.ModelInferRequest, span: RequestSpan | None = None
+) -> InferOutcome:
     """V2 ``ModelInfer`` over gRPC; the body is a serialized ``ModelInferResponse``."""
 
     def decode(model: LoadedModel) -> InferRequest:
         return grpc_codec.decode_infer_request(message, model)
 
-    return await run(servable, decode, grpc_codec.encode_infer_response)
+    return await run(servable, decode, grpc_codec.encode_infer_response, span)
 
 
 async def predict(

@@ -174,11 +174,12 @@ class RequestSpan:
     against the pair of clocks read when the server span started.
     """
 
-    __slots__ = ("_epoch_ns", "_perf", "_tracing", "span")
+    __slots__ = ("_epoch_ns", "_perf", "_tracing", "recording", "span")
 
     def __init__(self, tracing: Tracing, span: Span) -> None:
         self._tracing = tracing
         self.span = span
+        self.recording = span.is_recording()  # False when the sampler left this request out
         self._perf = time.perf_counter()
         self._epoch_ns = time.time_ns()
 

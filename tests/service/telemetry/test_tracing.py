@@ -147,6 +147,19 @@ def test_every_route_gets_a_server_span_and_failures_are_marked(
     assert _children(exporter, failed) == {}
 
 
+def test_a_caller_that_does_not_sample_gets_no_spans(
+    traced: TestClient, exporter: InMemorySpanExporter
+):
+    # traceparent flags 00: the caller did not sample this trace; the default sampler follows.
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    body = _body(np.ones((1, 3), dtype=np.float32))
+    response = traced.post("/v2/models/affine/infer", json=body, headers={"traceparent": unsampled})
+    assert response.status_code == 200
+    assert exporter.get_finished_spans() == ()
+    traced.post("/v2/models/affine/infer", json=body, headers={"traceparent": TRACEPARENT})
+    assert len(exporter.get_finished_spans()) == 1 + len(PHASES)
+
+
 def test_v1_predict_is_traced_too(traced: TestClient, exporter: InMemorySpanExporter):
     response = traced.post(
         "/v1/models/affine:predict",
