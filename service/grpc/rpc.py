@@ -1,0 +1,177 @@
+"""How a handler becomes a gRPC method: parse the request bytes, check the key, run, answer or
+fail through the one status table; count the call as in flight (for the drain) and write its
+access-log line. The twin of the HTTP side's observation middleware and dependencies.
+
+Every method takes its request as bytes and parses it itself, so a message that is not protobuf
+is INVALID_ARGUMENT rather than gRPC's INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from enum import Enum
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from normserve.service.codecs import inference_pb2 as pb
+from normserve.service.errors import BadRequest, Forbidden
+from normserve.service.grpc.status import status_of
+from normserve.service.http.auth import BearerKey
+from normserve.service.runtime.state import Runtime
+
+__all__ = ["Access", "Calls", "Fields", "Handler", "unserved"]
+
+access_log = logging.getLogger("normserve.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Access(Enum):
+    OPEN = "open"
+    API_KEY = "inference key"
+    ADMIN_KEY = "admin key"
+
+
+Fields = dict[str, Any]  # what a handler adds to its access-log line
+Handler = Callable[[Any, Fields], Awaitable[Message | bytes]]
+
+
+class _Context(Protocol):
+    def invocation_metadata(self) -> Any: ...
+    def set_trailing_metadata(self, metadata: Any) -> None: ...
+    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None: ...
+
+
+def _metadata(context: _Context, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return item.value if isinstance(item.value, str) else None
+    return None
+
+
+def _request_id(context: _Context) -> str:
+    given = _metadata(context, "x-request-id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(8).hex()
+
+
+def _parse(message_type: type[Message], data: bytes) -> Any:
+    try:
+        return message_type.FromString(data)
+    except DecodeError:
+        raise BadRequest(
+            f"request is not a valid {message_type.DESCRIPTOR.full_name} message"
+        ) from None
+
+
+class Calls:
+    """The keys and the runtime every method of one server checks and counts against."""
+
+    def __init__(
+        self, runtime: Runtime, api_key: BearerKey | None, admin_key: BearerKey | None
+    ) -> None:
+        self.runtime = runtime
+        self.api_key = api_key
+        self.admin_key = admin_key
+
+    def _authorize(self, access: Access, context: _Context) -> None:
+        if access is Access.API_KEY:
+            if self.api_key is not None:
+                self.api_key.check(_metadata(context, "authorization"))
+        elif access is Access.ADMIN_KEY:
+            if self.admin_key is None:
+                raise Forbidden(
+                    "the repository API is disabled: set NORMSERVE_ADMIN_KEY to enable it"
+                )
+            self.admin_key.check(_metadata(context, "authorization"))
+
+    def _log(
+        self, rpc: str, request_id: str, code: grpc.StatusCode, start: float, fields: Fields
+    ) -> None:
+        if self.runtime.settings.access_log:
+            line = {
+                "request_id": request_id,
+                "rpc": rpc,
+                "status": code.name,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                **fields,
+            }
+            access_log.info("grpc", extra={"fields": line})
+
+    def unary(
+        self, rpc: str, handler: Handler, request_type: type[Message], access: Access
+    ) -> grpc.RpcMethodHandler:
+        """One unary method: parse, authorize, handle; errors through the one table."""
+
+        async def call(data: bytes, context: _Context) -> bytes:
+            start = time.perf_counter()
+            request_id = _request_id(context)
+            fields: Fields = {}
+            code = grpc.StatusCode.OK
+            self.runtime.in_flight += 1
+            try:
+                self._authorize(access, context)
+                answer = await handler(_parse(request_type, data), fields)
+                context.set_trailing_metadata((("x-request-id", request_id),))
+                return answer if isinstance(answer, bytes) else answer.SerializeToString()
+            except Exception as exc:
+                code, message, trailing = status_of(exc)
+                await context.abort(code, message, (*trailing, ("x-request-id", request_id)))
+                raise  # abort raises; never reached
+            finally:
+                self.runtime.in_flight -= 1
+                self._log(rpc, request_id, code, start, fields)
+
+        return grpc.unary_unary_rpc_method_handler(call)
+
+    def stream_infer(
+        self, infer: Callable[[Any, Fields], Awaitable[bytes]]
+    ) -> grpc.RpcMethodHandler:
+        """``ModelStreamInfer``: each request answered in order on the stream; a failure is that
+        response's ``error_message`` and the stream goes on, as Triton does. Each request (not
+        the stream) counts as in flight, so an idle stream does not hold up a drain."""
+
+        async def call(requests: AsyncIterator[bytes], context: _Context) -> AsyncIterator[bytes]:
+            try:
+                self._authorize(Access.API_KEY, context)
+            except Exception as exc:
+                code, message, trailing = status_of(exc)
+                await context.abort(code, message, trailing)
+            request_id = _request_id(context)
+            async for data in requests:
+                start = time.perf_counter()
+                fields: Fields = {}
+                code = grpc.StatusCode.OK
+                self.runtime.in_flight += 1
+                try:
+                    body = await infer(_parse(pb.ModelInferRequest, data), fields)
+                    answer = pb.ModelStreamInferResponse(
+                        infer_response=pb.ModelInferResponse.FromString(body)
+                    )
+                except Exception as exc:
+                    code, message, _ = status_of(exc)
+                    answer = pb.ModelStreamInferResponse(error_message=message)
+                finally:
+                    self.runtime.in_flight -= 1
+                    self._log("ModelStreamInfer", request_id, code, start, fields)
+                yield answer.SerializeToString()
+
+        return grpc.stream_stream_rpc_method_handler(call)
+
+
+def unserved(rpc: str, what: str) -> grpc.RpcMethodHandler:
+    """A method of Triton's service that normserve does not serve: UNIMPLEMENTED, by name."""
+
+    async def call(_data: bytes, context: _Context) -> bytes:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{rpc}: {what} is not supported by normserve", ()
+        )
+        return b""
+
+    return grpc.unary_unary_rpc_method_handler(call)
