@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from importlib.metadata import version as distribution_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from typer.core import TyperCommand, TyperOption
 
 from normserve.errors import UserError
 from normserve.serve_options import ServeCommand, settings_given
+from normserve.train_display import ARCH_HELP, TrainCommand, complete_architecture, progress_bar
 
 __all__ = ["app", "main"]
 
@@ -90,46 +88,10 @@ def _importable_from_cwd() -> None:
         sys.path.insert(0, cwd)
 
 
-def _architectures() -> list[tuple[str, str]]:
-    """(name, what it trains on) for every registered architecture; empty without torch."""
-    try:
-        from normserve.models.registry import get_architecture, list_architectures
-    except ImportError:  # the serving-only install: no torch, nothing to train
-        return []
-    return [
-        (name, f"{arch.dataset}, {arch.epochs} epochs")
-        for name, arch in ((n, get_architecture(n)) for n in list_architectures())
-    ]
-
-
-def _complete_architecture(incomplete: str) -> list[tuple[str, str]]:
-    return [(name, about) for name, about in _architectures() if name.startswith(incomplete)]
-
-
-ARCH_HELP = "Registry architecture to train."
-
-
-class _TrainCommand(TyperCommand):
-    """``train --help`` names the registered architectures. They are looked up only when the
-    help is shown: the registry imports torch, which no other command line should pay for."""
-
-    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
-        listed = _architectures()
-        names = (
-            "; ".join(f"{name} ({about})" for name, about in listed)
-            if listed
-            else "none: install normserve[export] to train"
-        )
-        for param in self.params:
-            if isinstance(param, TyperOption) and param.name == "arch":
-                param.help = f"{ARCH_HELP} One of: {names}."
-        super().format_help(ctx, formatter)
-
-
-@app.command(cls=_TrainCommand)
+@app.command(cls=TrainCommand)
 def train(
     arch: Annotated[
-        str, typer.Option(help=ARCH_HELP, autocompletion=_complete_architecture)
+        str, typer.Option(help=ARCH_HELP, autocompletion=complete_architecture)
     ] = "digits_cnn",
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Passes over the training split (default: per arch).")
@@ -150,22 +112,7 @@ def train(
 
     target = out_path or Path("checkpoints") / f"{arch}.pt"
     try:
-        with Progress(
-            TextColumn("training {task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as progress:
-            task = progress.add_task(arch, total=None, status="loading data")
-
-            def report(step: int, total: int, loss: float) -> None:
-                status = f"{step}/{total} steps"
-                if math.isfinite(loss):
-                    status += f"  loss {loss:.4f}"
-                progress.update(task, completed=step, total=total, status=status)
-
+        with progress_bar(err, arch) as report:
             config = TrainConfig(arch=arch, epochs=epochs, max_steps=max_steps, seed=seed)
             result = train_to_file(config, target, report)
     except UserError as exc:
