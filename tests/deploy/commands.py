@@ -1,7 +1,8 @@
-"""The command lines of README's "Deploy" section, exactly as the tests run them.
+"""The command lines of docs/deploy.md (and, for the build machines' stand-ins for Docker Hub,
+docs/contributing.md), exactly as the tests run them.
 
-Each is a template: the tests fill in a free port or a temporary folder, the README shows the
-values in ``README_VALUES``; tests/deploy/test_readme.py checks the README carries every one.
+Each is a template: the tests fill in a free port or a temporary folder, the docs show the
+values in ``README_VALUES``; tests/deploy/test_readme.py checks the docs carry every one.
 """
 
 from __future__ import annotations
