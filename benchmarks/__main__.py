@@ -28,6 +28,7 @@ from benchmarks.context import RESULTS_DIR, Context, run_benchmark
 QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "normserve-bench-quick"
 
 # In the order they run: the cheap, quiet ones first; the GPU one last (it skips without CUDA).
+# peers installs Triton and KServe into their own environments under .venv-peers/ the first time.
 BENCHMARKS = (
     "loadgen_ceiling",
     "compute",
@@ -37,6 +38,7 @@ BENCHMARKS = (
     "grpc_bench",
     "cold_start",
     "soak",
+    "peers",
     "gpu",
 )
 

@@ -197,10 +197,17 @@ def _ceiling(bench: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _peers(bench: dict[str, Any]) -> list[str]:
+    from benchmarks.peers import markdown
+
+    return markdown(bench)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "compute": ("Model compute", _compute),
     "overhead": ("Serving overhead", _overhead),
     "throughput": ("Throughput and latency against concurrency", _throughput),
+    "peers": ("Beside the peers: Triton and KServe", _peers),
     "decode": ("Payload decode", _decode),
     "cold_start": ("Cold start and memory", _cold),
     "gpu": ("GPU", _gpu),
