@@ -84,7 +84,12 @@ test-fast: $(STAMP)
 # QUICK=1: short runs that check the scripts, into $TMPDIR/normserve-bench-quick (never the
 # published figures in benchmarks/results).
 # BENCH_ARGS: extra options, e.g. BENCH_ARGS="--only overhead,decode".
+# The peers benchmark (normserve beside Triton and KServe) installs each peer once into its own
+# environment under $(PEERS_DIR) (about 1 GB together, never into .venv; stamp files);
+# PEERS="kserve" picks the peers, PEERS="" runs normserve alone.
 BENCH_STAMP := $(VENV)/.bench-installed
+PEERS_DIR ?= .venv-peers
+PEERS ?= triton,kserve
 
 .PHONY: bench
 
@@ -93,4 +98,5 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
 	touch $(BENCH_STAMP)
 
 bench: model $(BENCH_STAMP)
-	NORMSERVE_BENCH_REPOSITORY=$(REPOSITORY) $(BIN)/python -m benchmarks $(if $(QUICK),--quick) $(BENCH_ARGS)
+	NORMSERVE_BENCH_REPOSITORY=$(REPOSITORY) NORMSERVE_BENCH_PEERS_DIR=$(abspath $(PEERS_DIR)) \
+	NORMSERVE_BENCH_PEERS="$(PEERS)" $(BIN)/python -m benchmarks $(if $(QUICK),--quick) $(BENCH_ARGS)

@@ -12,8 +12,8 @@ Three things make the wheel's binaries run outside PyTriton, found by trying:
   ``LIBDIR`` so it is the same Python as the environment's, not whichever the system has;
 - the embedded interpreter ignores ``PYTHONPATH`` and finds its prefix by looking up
   ``python3`` on ``PATH``: the environment's ``bin`` goes first on ``PATH``, so its
-  ``pyvenv.cfg`` gives the model the environment's packages (numpy < 2, which the stub needs)
-  and not the base interpreter's.
+  ``pyvenv.cfg`` gives the model the environment's packages and not the base interpreter's
+  (whose numpy 2 made every output arrive empty: the wheel's stub wants numpy < 2).
 """
 
 from __future__ import annotations
