@@ -8,9 +8,9 @@ refused by gRPC itself (RESOURCE_EXHAUSTED) before they are read. The port is bo
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
-import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,20 +29,22 @@ class GrpcStartError(UserError):
     """The gRPC port cannot be bound."""
 
 
-def _check_free(host: str, port: int, address: str) -> None:
-    """A plain bind first: a busy port is one clear line here, not gRPC core's log lines."""
+async def _check_free(host: str, port: int, address: str) -> None:
+    """Listen there for a moment first: a busy port is one clear line, not gRPC core's log."""
     if port == 0:
         return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            hint = "; another process is listening there" if exc.errno == errno.EADDRINUSE else ""
-            reason = exc.strerror or str(exc)
-            raise GrpcStartError(
-                f"cannot serve gRPC on {address} (NORMSERVE_GRPC_PORT): {reason}{hint}"
-            ) from None
+    try:
+        probe = await asyncio.get_running_loop().create_server(
+            asyncio.Protocol, host, port, reuse_address=True
+        )
+    except OSError as exc:
+        hint = "; another process is listening there" if exc.errno == errno.EADDRINUSE else ""
+        reason = exc.strerror or str(exc)
+        raise GrpcStartError(
+            f"cannot serve gRPC on {address} (NORMSERVE_GRPC_PORT): {reason}{hint}"
+        ) from None
+    probe.close()
+    await probe.wait_closed()
 
 
 def _address(host: str, port: int) -> str:
@@ -77,7 +79,7 @@ class GrpcServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = _address(settings.host, self.requested_port)
-        _check_free(settings.host, self.requested_port, address)
+        await _check_free(settings.host, self.requested_port, address)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
