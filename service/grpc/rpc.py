@@ -13,8 +13,9 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -25,7 +26,10 @@ from normserve.service.grpc.status import status_of
 from normserve.service.http.auth import BearerKey
 from normserve.service.runtime.state import Runtime
 
-__all__ = ["Access", "Calls", "Fields", "Handler", "unserved"]
+if TYPE_CHECKING:
+    from normserve.service.telemetry.tracing import RequestSpan, Tracing
+
+__all__ = ["Access", "Call", "Calls", "Handler", "unserved"]
 
 access_log = logging.getLogger("normserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -37,8 +41,23 @@ class Access(Enum):
     ADMIN_KEY = "admin key"
 
 
-Fields = dict[str, Any]  # what a handler adds to its access-log line
-Handler = Callable[[Any, Fields], Awaitable[Message | bytes]]
+@dataclass(slots=True)
+class Call:
+    """What a handler may add to its call: access-log fields, and phase spans under the call's
+    server span when tracing is on."""
+
+    log: dict[str, Any] = field(default_factory=dict)
+    span: RequestSpan | None = None
+
+
+Handler = Callable[[Any, Call], Awaitable[Message | bytes]]
+# Server-side failures, as HTTP's 5xx: the span is marked failed.
+_FAILED = {
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+}
 
 
 class _Context(Protocol):
@@ -71,14 +90,46 @@ def _parse(message_type: type[Message], data: bytes) -> Any:
 
 
 class Calls:
-    """The keys and the runtime every method of one server checks and counts against."""
+    """The keys and the runtime every method of one service checks and counts against, and
+    the tracing its calls report to (None: off)."""
 
     def __init__(
-        self, runtime: Runtime, api_key: BearerKey | None, admin_key: BearerKey | None
+        self,
+        service: str,
+        runtime: Runtime,
+        api_key: BearerKey | None,
+        admin_key: BearerKey | None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.service = service
         self.runtime = runtime
         self.api_key = api_key
         self.admin_key = admin_key
+        self.tracing = tracing
+
+    def _start(self, rpc: str, context: _Context) -> Call:
+        if self.tracing is None:
+            return Call()
+        carrier = {
+            item.key: item.value
+            for item in context.invocation_metadata() or ()
+            if isinstance(item.value, str)
+        }
+        attributes = {"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": rpc}
+        span = self.tracing.server_span(f"{self.service}/{rpc}", carrier, attributes)
+        return Call(log={"trace_id": span.trace_id}, span=span)
+
+    def _finish(
+        self, rpc: str, call: Call, request_id: str, code: grpc.StatusCode, start: float
+    ) -> None:
+        if call.span is not None:
+            call.span.set_attributes(
+                {"rpc.grpc.status_code": code.value[0], "normserve.request_id": request_id}
+            )
+            if code in _FAILED:
+                call.span.fail(f"gRPC {code.name}")
+            call.span.end()
+        self._log(rpc, request_id, code, start, call.log)
 
     def _authorize(self, access: Access, context: _Context) -> None:
         if access is Access.API_KEY:
@@ -92,7 +143,7 @@ class Calls:
             self.admin_key.check(_metadata(context, "authorization"))
 
     def _log(
-        self, rpc: str, request_id: str, code: grpc.StatusCode, start: float, fields: Fields
+        self, rpc: str, request_id: str, code: grpc.StatusCode, start: float, fields: dict
     ) -> None:
         if self.runtime.settings.access_log:
             line = {
@@ -109,15 +160,15 @@ class Calls:
     ) -> grpc.RpcMethodHandler:
         """One unary method: parse, authorize, handle; errors through the one table."""
 
-        async def call(data: bytes, context: _Context) -> bytes:
+        async def method(data: bytes, context: _Context) -> bytes:
             start = time.perf_counter()
             request_id = _request_id(context)
-            fields: Fields = {}
+            call = self._start(rpc, context)
             code = grpc.StatusCode.OK
             self.runtime.in_flight += 1
             try:
                 self._authorize(access, context)
-                answer = await handler(_parse(request_type, data), fields)
+                answer = await handler(_parse(request_type, data), call)
                 context.set_trailing_metadata((("x-request-id", request_id),))
                 return answer if isinstance(answer, bytes) else answer.SerializeToString()
             except Exception as exc:
@@ -126,18 +177,16 @@ class Calls:
                 raise  # abort raises; never reached
             finally:
                 self.runtime.in_flight -= 1
-                self._log(rpc, request_id, code, start, fields)
+                self._finish(rpc, call, request_id, code, start)
 
-        return grpc.unary_unary_rpc_method_handler(call)
+        return grpc.unary_unary_rpc_method_handler(method)
 
-    def stream_infer(
-        self, infer: Callable[[Any, Fields], Awaitable[bytes]]
-    ) -> grpc.RpcMethodHandler:
+    def stream_infer(self, infer: Callable[[Any, Call], Awaitable[bytes]]) -> grpc.RpcMethodHandler:
         """``ModelStreamInfer``: each request answered in order on the stream; a failure is that
         response's ``error_message`` and the stream goes on, as Triton does. Each request (not
         the stream) counts as in flight, so an idle stream does not hold up a drain."""
 
-        async def call(requests: AsyncIterator[bytes], context: _Context) -> AsyncIterator[bytes]:
+        async def method(requests: AsyncIterator[bytes], context: _Context) -> AsyncIterator[bytes]:
             try:
                 self._authorize(Access.API_KEY, context)
             except Exception as exc:
@@ -146,11 +195,11 @@ class Calls:
             request_id = _request_id(context)
             async for data in requests:
                 start = time.perf_counter()
-                fields: Fields = {}
+                call = self._start("ModelStreamInfer", context)
                 code = grpc.StatusCode.OK
                 self.runtime.in_flight += 1
                 try:
-                    body = await infer(_parse(pb.ModelInferRequest, data), fields)
+                    body = await infer(_parse(pb.ModelInferRequest, data), call)
                     answer = pb.ModelStreamInferResponse(
                         infer_response=pb.ModelInferResponse.FromString(body)
                     )
@@ -159,19 +208,19 @@ class Calls:
                     answer = pb.ModelStreamInferResponse(error_message=message)
                 finally:
                     self.runtime.in_flight -= 1
-                    self._log("ModelStreamInfer", request_id, code, start, fields)
+                    self._finish("ModelStreamInfer", call, request_id, code, start)
                 yield answer.SerializeToString()
 
-        return grpc.stream_stream_rpc_method_handler(call)
+        return grpc.stream_stream_rpc_method_handler(method)
 
 
 def unserved(rpc: str, what: str) -> grpc.RpcMethodHandler:
     """A method of Triton's service that normserve does not serve: UNIMPLEMENTED, by name."""
 
-    async def call(_data: bytes, context: _Context) -> bytes:
+    async def method(_data: bytes, context: _Context) -> bytes:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, f"{rpc}: {what} is not supported by normserve", ()
         )
         return b""
 
-    return grpc.unary_unary_rpc_method_handler(call)
+    return grpc.unary_unary_rpc_method_handler(method)

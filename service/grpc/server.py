@@ -19,6 +19,7 @@ from normserve.errors import UserError
 from normserve.service.grpc.servicer import SERVICE, InferenceServicer
 from normserve.service.http.auth import BearerKey
 from normserve.service.runtime.state import Runtime
+from normserve.service.telemetry.tracing import Tracing
 
 __all__ = ["GrpcServer", "GrpcStartError", "grpc_server"]
 
@@ -54,9 +55,10 @@ def _address(host: str, port: int) -> str:
 class GrpcServer:
     """``start`` inside the running loop; ``begin_drain`` then ``stop`` on the way out."""
 
-    def __init__(self, runtime: Runtime, port: int) -> None:
+    def __init__(self, runtime: Runtime, port: int, tracing: Tracing | None = None) -> None:
         self.runtime = runtime
         self.requested_port = port
+        self.tracing = tracing
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -75,7 +77,7 @@ class GrpcServer:
             BearerKey(settings.admin_key, "repository control") if settings.admin_key else None
         )
         server.add_generic_rpc_handlers(
-            (InferenceServicer(self.runtime, api_key, admin_key).handler(),)
+            (InferenceServicer(self.runtime, api_key, admin_key, self.tracing).handler(),)
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = _address(settings.host, self.requested_port)
@@ -105,7 +107,7 @@ class GrpcServer:
             await server.stop(grace_s)
 
 
-def grpc_server(runtime: Runtime) -> GrpcServer | None:
+def grpc_server(runtime: Runtime, tracing: Tracing | None = None) -> GrpcServer | None:
     """The gRPC server ``NORMSERVE_GRPC_PORT`` asks for, or None when it is off."""
     port = runtime.settings.grpc_port
-    return None if port is None else GrpcServer(runtime, port)
+    return None if port is None else GrpcServer(runtime, port, tracing)

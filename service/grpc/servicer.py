@@ -21,9 +21,10 @@ from google.protobuf.message import Message
 from normserve.service import dataplane
 from normserve.service.codecs import inference_pb2 as pb
 from normserve.service.errors import BadRequest, NotFound, Unavailable
-from normserve.service.grpc.rpc import Access, Calls, Fields, unserved
+from normserve.service.grpc.rpc import Access, Call, Calls, unserved
 from normserve.service.http.auth import BearerKey
 from normserve.service.runtime.state import Runtime
+from normserve.service.telemetry.tracing import Tracing
 
 __all__ = ["SERVICE", "UNSERVED", "InferenceServicer"]
 
@@ -49,25 +50,29 @@ class InferenceServicer:
     """The RPC handlers over one runtime; ``handler()`` is what the server registers."""
 
     def __init__(
-        self, runtime: Runtime, api_key: BearerKey | None, admin_key: BearerKey | None
+        self,
+        runtime: Runtime,
+        api_key: BearerKey | None,
+        admin_key: BearerKey | None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.runtime = runtime
-        self.calls = Calls(runtime, api_key, admin_key)
+        self.calls = Calls(SERVICE, runtime, api_key, admin_key, tracing)
 
     # -- open ---------------------------------------------------------------------------------
 
-    async def server_live(self, _request: pb.ServerLiveRequest, _f: Fields) -> Message:
+    async def server_live(self, _request: pb.ServerLiveRequest, _call: Call) -> Message:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, _request: pb.ServerReadyRequest, _f: Fields) -> Message:
+    async def server_ready(self, _request: pb.ServerReadyRequest, _call: Call) -> Message:
         return pb.ServerReadyResponse(ready=self.runtime.ready and not self.runtime.draining)
 
-    async def server_metadata(self, _request: pb.ServerMetadataRequest, _f: Fields) -> Message:
+    async def server_metadata(self, _request: pb.ServerMetadataRequest, _call: Call) -> Message:
         return ParseDict(dataplane.server_metadata(), pb.ServerMetadataResponse())
 
     # -- models (the inference key) -----------------------------------------------------------
 
-    async def model_ready(self, request: pb.ModelReadyRequest, _f: Fields) -> Message:
+    async def model_ready(self, request: pb.ModelReadyRequest, _call: Call) -> Message:
         """Ready or not, as Triton answers: an unknown model or version is not ready."""
         try:
             self.runtime.require_ready().get(request.name, _version(request.version))
@@ -75,14 +80,14 @@ class InferenceServicer:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    async def model_metadata(self, request: pb.ModelMetadataRequest, _f: Fields) -> Message:
+    async def model_metadata(self, request: pb.ModelMetadataRequest, _call: Call) -> Message:
         store = self.runtime.require_ready()
         view = dataplane.model_metadata(store, store.get(request.name, _version(request.version)))
         # The V2 gRPC metadata has no parameters field: the rest is HTTP's view, field by field.
         view = {key: value for key, value in view.items() if key != "parameters"}
         return ParseDict(view, pb.ModelMetadataResponse())
 
-    async def model_config(self, request: pb.ModelConfigRequest, _f: Fields) -> Message:
+    async def model_config(self, request: pb.ModelConfigRequest, _call: Call) -> Message:
         servable = self.runtime.require_ready().get(request.name, _version(request.version))
         view = dataplane.model_config(servable, self.runtime.settings)
         # Triton's parameters are strings: each value as JSON.
@@ -92,7 +97,7 @@ class InferenceServicer:
         }
         return pb.ModelConfigResponse(config=ParseDict(view, pb.ModelConfig()))
 
-    async def model_statistics(self, request: pb.ModelStatisticsRequest, _f: Fields) -> Message:
+    async def model_statistics(self, request: pb.ModelStatisticsRequest, _call: Call) -> Message:
         """Triton's rule: an empty name is every model, an empty version every version."""
         store = self.runtime.require_ready()
         if not request.name:
@@ -106,12 +111,12 @@ class InferenceServicer:
             servables = [store.get(request.name, request.version)]
         return ParseDict(dataplane.model_stats(servables), pb.ModelStatisticsResponse())
 
-    async def model_infer(self, request: pb.ModelInferRequest, fields: Fields) -> bytes:
+    async def model_infer(self, request: pb.ModelInferRequest, call: Call) -> bytes:
         servable = self.runtime.require_ready().get(
             request.model_name, _version(request.model_version)
         )
-        outcome = await dataplane.infer_grpc(servable, request)
-        fields.update(
+        outcome = await dataplane.infer_grpc(servable, request, call.span)
+        call.log.update(
             model=servable.name,
             version=servable.version,
             batch=outcome.batch_size,
@@ -129,12 +134,12 @@ class InferenceServicer:
                 f"{name[:64]!r}"
             )
 
-    async def repository_index(self, request: pb.RepositoryIndexRequest, _f: Fields) -> Message:
+    async def repository_index(self, request: pb.RepositoryIndexRequest, _call: Call) -> Message:
         self._one_repository(request.repository_name)
         rows = self.runtime.index(ready_only=request.ready)
         return ParseDict({"models": rows}, pb.RepositoryIndexResponse())
 
-    async def repository_load(self, request: pb.RepositoryModelLoadRequest, _f: Fields) -> Message:
+    async def repository_load(self, request: pb.RepositoryModelLoadRequest, _call: Call) -> Message:
         self._one_repository(request.repository_name)
         if request.parameters:
             raise BadRequest(
@@ -145,7 +150,7 @@ class InferenceServicer:
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(
-        self, request: pb.RepositoryModelUnloadRequest, _f: Fields
+        self, request: pb.RepositoryModelUnloadRequest, _call: Call
     ) -> Message:
         self._one_repository(request.repository_name)
         if set(request.parameters) - {"unload_dependents"}:

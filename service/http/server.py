@@ -137,7 +137,7 @@ def serve(settings: Settings) -> None:
         http=JsonErrorHttpToolsProtocol,
     )
     try:
-        DrainingServer(config, runtime, grpc_server(runtime)).run(sockets=[sock])
+        DrainingServer(config, runtime, grpc_server(runtime, tracing)).run(sockets=[sock])
     finally:
         if tracing is not None:
             tracing.shutdown()
