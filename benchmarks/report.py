@@ -25,7 +25,9 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for path in sorted(results.glob("*.json")):
         data = json.loads(path.read_text())
-        out[data.get("benchmark", path.stem)] = data
+        if "benchmark" not in data:
+            continue  # another tool's record (compare_builds-*.json), not a run_benchmark result
+        out[data["benchmark"]] = data
     return out
 
 
