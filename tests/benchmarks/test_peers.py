@@ -33,6 +33,7 @@ from benchmarks.peers.process import (
 from benchmarks.peers.report import chart, markdown
 from benchmarks.peers.triton import config_pbtxt
 from benchmarks.peers.venvs import VenvSpec, is_current, shared_libraries
+from benchmarks.report import write_report
 from benchmarks.server_process import free_port, normserve_command
 from normserve.model_repository import ModelConfig, TensorSpec, read_entry, scan_model
 from tests.service.fake_models import affine_reference, write_entry
@@ -223,6 +224,13 @@ def test_the_quick_benchmark_without_peers_writes_json_chart_and_table(affine, t
     skipped = {**saved, "servers": {**saved["servers"], "triton": {"skipped": "why | not"}}}
     assert "| Triton | not measured: why / not |" in "\n".join(markdown(skipped))
     assert chart(saved, tmp_path / "again.png")
+    # The summary shows the table, beside another tool's JSON that is no benchmark result.
+    (tmp_path / "results" / "compare_builds-x.json").write_text('{"what": "not a benchmark"}')
+    write_report(tmp_path / "results", update_readme=False, log=lambda _: None)
+    summary = (tmp_path / "results" / "SUMMARY.md").read_text()
+    assert "#### Beside the peers: Triton and KServe" in summary
+    assert "![Beside the peers: Triton and KServe](peers.png)" in summary
+    assert table in summary
 
 
 @pytest.mark.slow
