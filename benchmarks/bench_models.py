@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from normserve.export.from_checkpoint import ExportOptions, run_export
 from normserve.export.onnx_export import export_onnx
-from normserve.export.pipeline import ExportOptions, build_eval_model, parity_inputs, run_export
+from normserve.export.rebuild import build_eval_model, parity_inputs
 from normserve.models.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from normserve.models.datasets import load_dataset
 from normserve.models.registry import build_model, get_architecture, list_architectures

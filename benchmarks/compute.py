@@ -22,9 +22,11 @@ from benchmarks.charts import COLORS, figure, save
 from benchmarks.context import Context
 from benchmarks.stats import interleave, spread
 from benchmarks.timing import block_mean, calls_per_block
+from normserve.errors import first_line
 from normserve.export.audit import census, ort_optimized_census
+from normserve.export.comparison import Tolerance, compare
 from normserve.export.onnx_export import DEFAULT_OPSET
-from normserve.export.parity import Tolerance, compare, make_session
+from normserve.export.sessions import make_session
 from normserve.models.registry import list_architectures
 
 NAME = "compute"
@@ -153,7 +155,7 @@ def measure(ctx: Context) -> dict[str, Any]:
         try:
             results.append(_measure_arch(ctx, arch))
         except Exception as exc:  # one architecture failing to export must not hide the others
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, default="")
             ctx.log(f"   {arch}: FAILED: {type(exc).__name__}: {first}")
             failures.append({"arch": arch, "error": f"{type(exc).__name__}: {first}"})
     return {
@@ -163,7 +165,7 @@ def measure(ctx: Context) -> dict[str, Any]:
             "variants": {k: LABELS[k] for k in VARIANTS},
             "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: active)"),
-            "ort_session": "export.parity.make_session: default intra-op threads, CPU provider",
+            "ort_session": "export.sessions.make_session: default intra-op threads, CPU provider",
             "method": "per round one block of back-to-back calls per variant (mean per call), "
             "rounds interleaved with a rotating order; median and min-max over rounds",
             "weights": "seeded random weights, BN statistics calibrated on dataset inputs",

@@ -32,6 +32,7 @@ from benchmarks.server_process import HOST, running_server
 from benchmarks.stats import interleave, spread
 from benchmarks.timing import block_mean, calls_per_block
 from benchmarks.v2_payload import decode_response, infer_request
+from normserve.export.sessions import Provider, make_session
 
 NAME = "gpu"
 CUDA = "CUDAExecutionProvider"
@@ -40,13 +41,10 @@ PROVIDER = os.environ.get("NORMSERVE_BENCH_GPU_PROVIDER", CUDA)
 
 
 def _session(path: Path, provider: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    providers = (
+    providers: list[Provider] = (
         [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
     )
-    return ort.InferenceSession(str(path), options, providers=providers)
+    return make_session(path, "ORT_ENABLE_ALL", providers)
 
 
 def _device(provider: str) -> str:

@@ -13,9 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
+from normserve.errors import first_line
 from normserve.export.errors import ExportError
+from normserve.export.sessions import make_session
 
 __all__ = [
     "GROUP_NORM_MIN_OPSET",
@@ -64,15 +65,7 @@ def ort_optimized_census(model_bytes: bytes) -> dict[str, int]:
     """Census of the graph ONNX Runtime actually runs at ORT_ENABLE_ALL on CPU."""
     with tempfile.TemporaryDirectory(prefix="normserve-audit-") as tmp:
         path = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(path)
-        options.log_severity_level = 3
-        try:
-            ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception zoo
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ONNX Runtime cannot load the exported graph: {first}") from exc
+        make_session(model_bytes, "ORT_ENABLE_ALL", optimized_model_path=path)
         return census(onnx.load(str(path)))
 
 
@@ -89,8 +82,7 @@ def audit_graph(model: onnx.ModelProto) -> dict[str, object]:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ExportError(f"exported graph fails the ONNX checker: {first}") from exc
+        raise ExportError(f"exported graph fails the ONNX checker: {first_line(exc)}") from exc
     optimized = ort_optimized_census(model.SerializeToString())
     for stage, counts in (("exported", exported), ("ORT-optimized", optimized)):
         if counts.get("BatchNormalization", 0):

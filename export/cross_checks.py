@@ -21,7 +21,8 @@ import torch
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
-from normserve.export.comparison import Comparison, CrossCheck, Tolerance, compare
+from normserve.errors import first_line
+from normserve.export.comparison import Check, Comparison, Tolerance, compare
 from normserve.export.sessions import LEVELS, make_session
 
 __all__ = [
@@ -35,14 +36,11 @@ __all__ = [
 ]
 
 REFERENCE_MAX_BATCH = 7
+NAME_REFERENCE = "reference evaluator"
+NAME_CUDA = "CUDA"
 CUDA = "CUDAExecutionProvider"
 # (batch, eager float32 output, eager float64 output)
 References = list[tuple[torch.Tensor, np.ndarray, np.ndarray]]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def reference_unsupported(model: onnx.ModelProto) -> str | None:
@@ -64,26 +62,30 @@ def reference_unsupported(model: onnx.ModelProto) -> str | None:
 
 def reference_evaluator_check(
     model_bytes: bytes, references: References, input_name: str, tol: Tolerance
-) -> CrossCheck:
+) -> Check:
     """Run ``onnx.reference.ReferenceEvaluator`` on the batches of at most 7 samples."""
     small = [r for r in references if len(r[0]) <= REFERENCE_MAX_BATCH]
     sizes = [len(r[0]) for r in small]
     model = onnx.load_from_string(model_bytes)
     reason = reference_unsupported(model)
     if reason is not None:
-        return CrossCheck(skipped=f"the ONNX reference evaluator is not used: {reason}")
+        return Check(NAME_REFERENCE, skipped=f"the ONNX reference evaluator is not used: {reason}")
     try:
         evaluator = ReferenceEvaluator(model)
         outputs = [evaluator.run(None, {input_name: b.numpy()})[0] for b, _, _ in small]
     except Exception as exc:  # an operator or attribute the evaluator does not implement
-        return CrossCheck(
-            skipped=f"the ONNX reference evaluator cannot run this graph: {_first_line(exc)}"
+        return Check(
+            NAME_REFERENCE,
+            skipped=f"the ONNX reference evaluator cannot run this graph: {first_line(exc)}",
         )
     as32 = [compare(np.asarray(o), e32, tol) for o, (_, e32, _) in zip(outputs, small, strict=True)]
     as64 = [compare(np.asarray(o), e64, tol) for o, (_, _, e64) in zip(outputs, small, strict=True)]
-    return CrossCheck(
-        vs_eager_fp32={"reference": Comparison.merge(as32)},
-        vs_eager_fp64={"reference": Comparison.merge(as64)},
+    return Check(
+        NAME_REFERENCE,
+        comparisons={
+            "reference vs eager fp32": Comparison.merge(as32),
+            "reference vs eager fp64": Comparison.merge(as64),
+        },
         details={"batch_sizes": sizes, "onnx": onnx.__version__},
     )
 
@@ -129,13 +131,15 @@ def device_check(
     *,
     providers: list,
     torch_device: str,
-) -> CrossCheck:
+) -> Check:
     """ONNX Runtime on ``providers`` vs eager on ``torch_device`` (fp32) and on CPU (fp64)."""
     sessions = {level: make_session(model_bytes, level, providers) for level in LEVELS}
     wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     got = sessions["ORT_ENABLE_ALL"].get_providers()[0]
     if got != wanted:
-        return CrossCheck(skipped=f"{wanted} could not start (ONNX Runtime fell back to {got})")
+        return Check(
+            NAME_CUDA, skipped=f"{wanted} could not start (ONNX Runtime fell back to {got})"
+        )
     device_model = copy.deepcopy(original).to(torch_device).eval()
     per32: dict[str, list[Comparison]] = {level: [] for level in LEVELS}
     per64: dict[str, list[Comparison]] = {level: [] for level in LEVELS}
@@ -146,9 +150,11 @@ def device_check(
                 (out,) = session.run(None, {input_name: batch.numpy()})[:1]
                 per32[level].append(compare(out, eager32, tol))
                 per64[level].append(compare(out, eager64, tol))
-    return CrossCheck(
-        vs_eager_fp32={k: Comparison.merge(v) for k, v in per32.items()},
-        vs_eager_fp64={k: Comparison.merge(v) for k, v in per64.items()},
+    comparisons = {f"{k} vs eager fp32": Comparison.merge(v) for k, v in per32.items()}
+    comparisons |= {f"{k} vs eager fp64": Comparison.merge(v) for k, v in per64.items()}
+    return Check(
+        NAME_CUDA,
+        comparisons=comparisons,
         details={
             "provider": wanted,
             "eager_device": torch_device,
@@ -164,11 +170,11 @@ def cuda_check(
     references: References,
     input_name: str,
     tol: Tolerance,
-) -> CrossCheck:
+) -> Check:
     """The CUDA cross-check, or a skip that says why it could not run."""
     reason = cuda_unavailable_reason()
     if reason is not None:
-        return CrossCheck(skipped=reason)
+        return Check(NAME_CUDA, skipped=reason)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     providers = [(CUDA, {"use_tf32": "0"}), "CPUExecutionProvider"]
     return device_check(

@@ -36,6 +36,7 @@ from torch.fx.operator_schemas import normalize_function
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
+from normserve.errors import first_line
 from normserve.export.errors import ExportError
 from normserve.export.fold import (
     FrozenAffine,
@@ -141,11 +142,6 @@ class _Tracer(fx.Tracer):
         if isinstance(m, _LEAVES) and is_standard(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -479,12 +475,12 @@ def freeze_normalization(
     except ExportError:
         raise
     except Exception as exc:  # fx raises many types for untraceable Python
-        return _freeze_modules(model, _first_line(exc), report), report
+        return _freeze_modules(model, first_line(exc), report), report
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(sample)
     except Exception as exc:
-        raise ExportError(f"the model fails on a sample input: {_first_line(exc)}") from exc
+        raise ExportError(f"the model fails on a sample input: {first_line(exc)}") from exc
     _Rewriter(gm, report, fold).run()
     gm.graph.lint()
     gm.delete_all_unused_submodules()

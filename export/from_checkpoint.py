@@ -14,13 +14,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 
-from normserve.export.errors import ExportError
+from normserve.export.comparison import Tolerance
 from normserve.export.freeze import FreezeReport
 from normserve.export.module_export import ModuleExport, export_module
 from normserve.export.onnx_export import DEFAULT_OPSET
-from normserve.export.parity import ParityReport, Tolerance
+from normserve.export.parity import ParityReport
+from normserve.export.rebuild import build_eval_model, parity_inputs, sha256_file
 from normserve.export.sessions import make_session
 from normserve.model_repository import (
     GoldenProbe,
@@ -31,21 +31,10 @@ from normserve.model_repository import (
     write_entry,
 )
 from normserve.models.checkpoint import Checkpoint, load_checkpoint
-from normserve.models.datasets import load_dataset
-from normserve.models.registry import ArchitectureError, build_model, get_architecture
 
-__all__ = [
-    "ExportOptions",
-    "ExportResult",
-    "build_eval_model",
-    "golden_probe",
-    "parity_inputs",
-    "run_export",
-    "sha256_file",
-]
+__all__ = ["ExportOptions", "ExportResult", "golden_probe", "run_export"]
 
 Step = Callable[[str], None]
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -77,47 +66,6 @@ class ExportResult:
     def metadata(self) -> dict[str, Any]:
         """The ``model.json`` document that was written."""
         return self.config.to_json()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def build_eval_model(checkpoint: Checkpoint) -> nn.Module:
-    """Rebuild the architecture, load the state dict strictly, return it in eval mode."""
-    model = build_model(checkpoint.arch, checkpoint.arch_config)
-    try:
-        model.load_state_dict(checkpoint.state_dict, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ExportError(f"state_dict does not fit arch {checkpoint.arch!r}: {detail}") from exc
-    return model.eval()
-
-
-def parity_inputs(checkpoint: Checkpoint, count: int = 64) -> tuple[torch.Tensor, str]:
-    """Validation inputs from the architecture's dataset when known, else seeded random ones."""
-    shape = list(checkpoint.input.shape)
-    dtype = _TORCH_DTYPES[checkpoint.input.dtype]
-    try:
-        dataset_name = (
-            get_architecture(checkpoint.arch).dataset if ":" not in checkpoint.arch else None
-        )
-    except ArchitectureError:
-        dataset_name = None
-    if dataset_name is not None:
-        metrics = checkpoint.metrics or {}
-        seed = int(metrics.get("seed", 0))
-        val_fraction = float(metrics.get("val_fraction", 0.2))
-        data = load_dataset(dataset_name, seed=seed, val_fraction=val_fraction)
-        if list(data.input_shape) == shape:
-            return data.x_val[:count].to(dtype), f"validation split of {dataset_name}"
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn([count, *shape], generator=generator).to(dtype), "random normal"
 
 
 def golden_probe(

@@ -18,17 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from normserve.errors import first_line
 from normserve.export.audit import audit_graph
+from normserve.export.comparison import Tolerance
 from normserve.export.errors import ExportError
 from normserve.export.freeze import FreezeReport, freeze_normalization
 from normserve.export.onnx_export import DEFAULT_OPSET, export_onnx
-from normserve.export.parity import (
-    BATCH_SIZES,
-    ParityReport,
-    Tolerance,
-    prove_parity,
-    require_parity,
-)
+from normserve.export.parity import BATCH_SIZES, ParityReport, prove_parity, require_parity
 
 __all__ = ["ModuleExport", "export_module", "export_sample"]
 
@@ -109,10 +105,9 @@ def export_module(
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
             # A model that cannot run on its declared input (a wrong --input-shape, a
             # checkpoint whose input spec does not fit the architecture) is the user's input.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(
                 f"the model cannot run on an input of shape {list(sample.shape[1:])} "
-                f"(per sample): {first}"
+                f"(per sample): {first_line(exc)}"
             ) from exc
     if not isinstance(example, torch.Tensor):
         raise ExportError(

@@ -11,6 +11,7 @@ import onnx
 import torch
 from torch import nn
 
+from normserve.errors import first_line
 from normserve.export.errors import ExportError
 
 __all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "export_onnx"]
@@ -86,9 +87,7 @@ def export_onnx(
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises a zoo of types; keep the first line
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ExportError(f"torch.onnx.export failed: {first}") from exc
+        raise ExportError(f"torch.onnx.export failed: {first_line(exc)}") from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto

@@ -20,70 +20,48 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from normserve.export.comparison import Comparison, CrossCheck, Tolerance, compare
+from normserve.export.comparison import Check, Comparison, Tolerance, compare
 from normserve.export.cross_checks import cuda_check, reference_evaluator_check
 from normserve.export.errors import ExportError, ParityError
 from normserve.export.sessions import LEVELS, make_session
 
-__all__ = [
-    "BATCH_SIZES",
-    "LEVELS",
-    "Comparison",
-    "CrossCheck",
-    "ParityReport",
-    "Tolerance",
-    "compare",
-    "make_session",
-    "prove_parity",
-    "require_parity",
-]
+__all__ = ["BATCH_SIZES", "ParityReport", "prove_parity", "require_parity"]
 
 BATCH_SIZES = (1, 2, 7, 33)
+NAME_ORT = "ONNX Runtime CPU"
 
 
 @dataclass
 class ParityReport:
+    """The proof's verdict: one ``Check`` per witness (ONNX Runtime on CPU first), and the
+    facts about eager itself (its float32 gap to float64), batch invariance and argmax."""
+
     tolerance: Tolerance
     batch_sizes: tuple[int, ...]
     providers: list[str]
-    vs_eager_fp32: dict[str, Comparison] = field(default_factory=dict)  # level → comparison
-    vs_eager_fp64: dict[str, Comparison] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
     eager_fp32_vs_fp64: Comparison | None = None
     batch_invariance: Comparison | None = None
     argmax_agreement: float | None = None
     argmax_mismatches: int = 0
     inputs: str = "random"
-    reference_evaluator: CrossCheck | None = None
-    cuda: CrossCheck | None = None
 
-    def _cross_checks(self) -> list[tuple[str, CrossCheck]]:
-        named = [("reference evaluator", self.reference_evaluator), ("CUDA", self.cuda)]
-        return [(label, check) for label, check in named if check is not None]
+    def check(self, name: str) -> Check | None:
+        """The witness called ``name``, if it took part."""
+        return next((c for c in self.checks if c.name == name), None)
 
     @property
     def ok(self) -> bool:
-        checks = [*self.vs_eager_fp32.values(), *self.vs_eager_fp64.values()]
-        if self.batch_invariance is not None:
-            checks.append(self.batch_invariance)
-        crossed = all(check.ok for _, check in self._cross_checks())
-        return all(c.ok for c in checks) and self.argmax_mismatches == 0 and crossed
+        invariant = self.batch_invariance is None or self.batch_invariance.ok
+        return all(c.ok for c in self.checks) and invariant and self.argmax_mismatches == 0
 
     def failures(self) -> list[str]:
-        out = []
         tol = f"rtol={self.tolerance.rtol:g}, atol={self.tolerance.atol:g}"
-        for ref, table in (("eager fp32", self.vs_eager_fp32), ("eager fp64", self.vs_eager_fp64)):
-            for level, c in table.items():
-                if not c.ok:
-                    out.append(
-                        f"{level} vs {ref}: max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g} "
-                        f"({tol})"
-                    )
+        out = [line for check in self.checks for line in check.failures(tol)]
         if self.batch_invariance is not None and not self.batch_invariance.ok:
             out.append(f"batch invariance: max abs {self.batch_invariance.max_abs:.3g} ({tol})")
         if self.argmax_mismatches:
             out.append(f"argmax differs from eager on {self.argmax_mismatches} sample(s)")
-        for label, check in self._cross_checks():
-            out.extend(check.failures(label, tol))
         return out
 
     def to_dict(self) -> dict[str, object]:
@@ -94,17 +72,12 @@ class ParityReport:
             "batch_sizes": list(self.batch_sizes),
             "providers": self.providers,
             "inputs": self.inputs,
-            "vs_eager_fp32": {k: v.to_dict() for k, v in self.vs_eager_fp32.items()},
-            "vs_eager_fp64": {k: v.to_dict() for k, v in self.vs_eager_fp64.items()},
+            "checks": {check.name: check.to_dict() for check in self.checks},
             "eager_fp32_vs_fp64": (
                 self.eager_fp32_vs_fp64.to_dict() if self.eager_fp32_vs_fp64 else None
             ),
             "batch_invariance": self.batch_invariance.to_dict() if self.batch_invariance else None,
             "argmax_agreement": self.argmax_agreement,
-            "reference_evaluator": (
-                self.reference_evaluator.to_dict() if self.reference_evaluator else None
-            ),
-            "cuda": self.cuda.to_dict() if self.cuda else None,
         }
 
 
@@ -186,8 +159,9 @@ def prove_parity(
                     total += len(out)
             if level == "ORT_ENABLE_ALL" and (largest is None or len(batch) > len(largest[1])):
                 largest = (out, batch)
-    report.vs_eager_fp32 = {k: Comparison.merge(v) for k, v in per_level32.items()}
-    report.vs_eager_fp64 = {k: Comparison.merge(v) for k, v in per_level64.items()}
+    comparisons = {f"{k} vs eager fp32": Comparison.merge(v) for k, v in per_level32.items()}
+    comparisons |= {f"{k} vs eager fp64": Comparison.merge(v) for k, v in per_level64.items()}
+    report.checks.append(Check(NAME_ORT, comparisons=comparisons))
     report.eager_fp32_vs_fp64 = Comparison.merge(eager_gaps)
     if classifier and total:
         report.argmax_agreement = agree / total
@@ -197,10 +171,10 @@ def prove_parity(
         )
     if cross_checks:
         references = list(zip(batches, eager32s, eager64s, strict=True))
-        report.reference_evaluator = reference_evaluator_check(
-            model_bytes, references, input_name, tolerance
+        report.checks.append(
+            reference_evaluator_check(model_bytes, references, input_name, tolerance)
         )
-        report.cuda = cuda_check(original, model_bytes, references, input_name, tolerance)
+        report.checks.append(cuda_check(original, model_bytes, references, input_name, tolerance))
     return report
 
 

@@ -1,9 +1,12 @@
-"""ONNX Runtime sessions for the proof, at a named graph optimization level."""
+"""The one way export, the proof and the benchmarks open an ONNX Runtime session."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnxruntime as ort
 
+from normserve.errors import first_line
 from normserve.export.errors import ExportError
 
 __all__ = ["LEVELS", "Provider", "make_session"]
@@ -16,16 +19,29 @@ Provider = str | tuple[str, dict[str, str]]
 
 
 def make_session(
-    model_bytes: bytes, level: str, providers: list[Provider] | None = None
+    model: bytes | str | Path,
+    level: str,
+    providers: list[Provider] | None = None,
+    *,
+    optimized_model_path: Path | None = None,
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session at optimization ``level``; errors become ``ExportError``."""
+    """An ONNX Runtime session at optimization ``level`` (a ``LEVELS`` key), CPU by default.
+
+    ``model`` is the serialized graph or a path to it. ``optimized_model_path`` makes ONNX
+    Runtime save the graph it actually runs (after its own rewrites) there, for the audit.
+    Load failures become ``ExportError`` with ONNX Runtime's first line.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.log_severity_level = 3
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(
-            model_bytes, options, providers=providers or ["CPUExecutionProvider"]
+            source, options, providers=providers or ["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own exception zoo
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"ONNX Runtime cannot load the exported graph: {first}") from exc
+        raise ExportError(
+            f"ONNX Runtime cannot load the exported graph: {first_line(exc)}"
+        ) from exc

@@ -17,7 +17,7 @@ from normserve.export.audit import audit_graph
 from normserve.export.comparison import Comparison, Tolerance, compare
 from normserve.export.errors import ExportError
 from normserve.export.parity import ParityReport, prove_parity, require_parity
-from normserve.export.pipeline import build_eval_model, parity_inputs, sha256_file
+from normserve.export.rebuild import build_eval_model, parity_inputs, sha256_file
 from normserve.export.sessions import make_session
 from normserve.model_repository import GoldenProbe, ModelConfig, VersionEntry, read_entry
 from normserve.models.checkpoint import load_checkpoint

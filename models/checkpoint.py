@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from normserve.errors import UserError
+from normserve.errors import UserError, first_line
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -106,8 +106,7 @@ def _unsafe_reason(exc: Exception) -> str:
     match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
     if match:
         return f"it references {match.group(1)}, which is code, not data"
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "unsafe content"
+    return first_line(exc, default="unsafe content")
 
 
 def _read(path: Path) -> object:
@@ -125,8 +124,9 @@ def _read(path: Path) -> object:
             "model.state_dict() or a normserve checkpoint instead of a pickled object"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is not a readable torch file: {first}") from exc
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable torch file: {first_line(exc)}"
+        ) from exc
 
 
 def _is_state_dict(obj: object) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from normserve.errors import UserError
+from normserve.errors import UserError, first_line
 
 __all__ = [
     "TASKS",
@@ -100,9 +100,8 @@ def resolve_factory(arch: str) -> Factory:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # ImportError, or whatever the user's module raises on import
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArchitectureError(
-                f"arch {arch!r}: cannot import {module_name!r}: {first}"
+                f"arch {arch!r}: cannot import {module_name!r}: {first_line(exc)}"
             ) from exc
         factory = getattr(module, attr, None)
         if not callable(factory):

@@ -149,9 +149,9 @@ def export_cmd(
     force: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
 ) -> None:
     """Fold and freeze normalization, export to ONNX, prove parity, write a repository entry."""
+    from normserve.export.comparison import Tolerance
+    from normserve.export.from_checkpoint import ExportOptions, run_export
     from normserve.export.onnx_export import DEFAULT_OPSET
-    from normserve.export.parity import Tolerance
-    from normserve.export.pipeline import ExportOptions, run_export
 
     _importable_from_cwd()
     try:
@@ -178,21 +178,18 @@ def export_cmd(
 
 def _print_parity(parity: dict) -> None:
     tol = f"rtol {parity['rtol']:g}, atol {parity['atol']:g}"
-    for ref in ("vs_eager_fp32", "vs_eager_fp64"):
-        for level, cmp in parity[ref].items():
+    for name, check in parity["checks"].items():
+        if not check.get("ran"):
+            out.print(f"{name}: skipped ({check['skipped']})")
+            continue
+        for key, cmp in check["comparisons"].items():
             out.print(
-                f"parity {level} {ref}: max abs {cmp['max_abs']:.3g}  max rel {cmp['max_rel']:.3g}"
+                f"parity {name} {key}: max abs {cmp['max_abs']:.3g}  max rel {cmp['max_rel']:.3g}"
                 f"  ({tol}, batches {parity['batch_sizes']})"
             )
+        out.print(f"{name}: {'ok' if check['ok'] else 'FAILED'}")
     if parity.get("argmax_agreement") is not None:
         out.print(f"argmax agreement {parity['argmax_agreement']:.2%}")
-    for label, key in (("reference evaluator", "reference_evaluator"), ("CUDA", "cuda")):
-        check = parity.get(key) or {}
-        if check.get("ran"):
-            worst = max(c["max_abs"] for c in check["vs_eager_fp64"].values())
-            out.print(f"{label}: ok, max abs vs eager fp64 {worst:.3g}")
-        elif check:
-            out.print(f"{label}: skipped ({check['skipped']})")
 
 
 def _print_export(metadata: dict) -> None:
@@ -228,7 +225,7 @@ def verify(
     ] = None,
 ) -> None:
     """Re-run the audit and the parity proof of an existing entry against its checkpoint."""
-    from normserve.export.parity import Tolerance
+    from normserve.export.comparison import Tolerance
     from normserve.export.verify import verify_entry
 
     _importable_from_cwd()

@@ -20,7 +20,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_repository(tmp_path_factory: pytest.TempPathFactory, digits_checkpoint: Path) -> Path:
     """A model repository holding ``digits/1`` exported from ``digits_checkpoint``."""
-    from normserve.export.pipeline import ExportOptions, run_export
+    from normserve.export.from_checkpoint import ExportOptions, run_export
 
     repository = tmp_path_factory.mktemp("repository")
     run_export(ExportOptions(checkpoint=digits_checkpoint, repository=repository, name="digits"))

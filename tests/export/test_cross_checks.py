@@ -73,7 +73,11 @@ def test_device_check_machinery_on_the_cpu_provider(linear):
     )
     assert check.ran
     assert check.ok
-    assert set(check.vs_eager_fp32) == {"ORT_DISABLE_ALL", "ORT_ENABLE_ALL"}
+    assert set(check.comparisons) == {
+        f"{level} vs eager {ref}"
+        for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL")
+        for ref in ("fp32", "fp64")
+    }
     bad = _linear_graph(module.weight.detach().numpy().T + 0.01)
     assert not device_check(
         module, bad, refs, "input", TOL, providers=["CPUExecutionProvider"], torch_device="cpu"

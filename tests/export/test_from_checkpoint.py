@@ -13,9 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from normserve.export.comparison import Tolerance
 from normserve.export.errors import ExportError, ParityError
-from normserve.export.parity import Tolerance
-from normserve.export.pipeline import ExportOptions, build_eval_model, run_export
+from normserve.export.from_checkpoint import ExportOptions, run_export
+from normserve.export.rebuild import build_eval_model
 from normserve.model_repository import RepositoryError
 from normserve.models.checkpoint import CheckpointError, load_checkpoint
 from normserve.models.datasets import load_dataset
@@ -66,7 +67,13 @@ def test_model_json_records_the_contract(digits_checkpoint: Path, digits_reposit
     assert parity["ok"] is True
     assert (parity["rtol"], parity["atol"]) == (RTOL, ATOL)
     assert parity["batch_sizes"] == [1, 2, 7, 33]
-    assert set(parity["vs_eager_fp32"]) == {"ORT_DISABLE_ALL", "ORT_ENABLE_ALL"}
+    onnxruntime = parity["checks"]["ONNX Runtime CPU"]
+    assert onnxruntime["ok"] is True
+    assert set(onnxruntime["comparisons"]) == {
+        f"{level} vs eager {ref}"
+        for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL")
+        for ref in ("fp32", "fp64")
+    }
     assert parity["batch_invariance"]["ok"] is True
     assert parity["argmax_agreement"] == 1.0
     assert parity["inputs"] == "validation split of digits"

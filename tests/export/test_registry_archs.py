@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from normserve.export.pipeline import ExportOptions, run_export
+from normserve.export.from_checkpoint import ExportOptions, run_export
 from normserve.models.registry import get_architecture, list_architectures
 from normserve.models.train import TrainConfig, train_to_file
 from normserve.service import Settings, create_app

@@ -11,7 +11,7 @@ import httpx2 as httpx
 import numpy as np
 import torch
 
-from normserve.export.pipeline import build_eval_model
+from normserve.export.rebuild import build_eval_model
 from normserve.models.checkpoint import load_checkpoint
 from normserve.models.datasets import load_dataset
 from tests.service.process import Server, running_server
