@@ -207,12 +207,12 @@ def measure(ctx: Context) -> dict[str, Any]:
         best["grpc"]["concurrent"]["throughput_rps"] / best["http"]["concurrent"]["throughput_rps"]
     )
     target = Target(
-        name="gRPC throughput vs HTTP at 64 concurrent",
-        goal="gRPC serves at least as much as HTTP (no target in the issue; reported)",
+        name="gRPC throughput vs HTTP, batch 1, 64 concurrent",
+        goal="≥ 1x HTTP's (our own bar; the issue sets none)",
         value=round(ratio, 3),
         unit="x",
-        met=None,
-        note="same server, same batcher; clients share the two cores with the server",
+        met=ratio >= 1.0,
+        note="one server and batcher; the clients share the two cores with it",
     )
     return {
         "config": {
