@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,18 @@ def _targets(servers: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _source_state() -> dict[str, Any]:
+    """The commit measured, and whether the serving code differed from it (a shared tree)."""
+    root = Path(__file__).resolve().parent.parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "service", "normserve").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "serving_code_changed": changed}
+
+
 def measure(ctx: Context) -> dict[str, Any]:
     return run(ctx, Options.from_env(ctx.quick))
 
@@ -228,6 +241,7 @@ def run(ctx: Context, options: Options) -> dict[str, Any]:
         "config": {
             "model": config.name,
             "model_source": source,
+            "normserve_source": _source_state(),
             "max_batch_size": config.max_batch_size,
             "plan": plan.to_dict(),
             "body": "V2 JSON",

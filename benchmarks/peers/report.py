@@ -35,8 +35,12 @@ def _title(name: str, server: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> list[str]:
     """The side-by-side table: medians over rounds (min-max)."""
     config, plan = result["config"], result["config"]["plan"]
+    source = config.get("normserve_source") or {}
+    at = f"normserve at {source['commit']}" if source.get("commit") else "normserve"
+    if source.get("serving_code_changed"):
+        at += " with uncommitted serving changes"
     lines = [
-        f"Model `{config['model']}` ({config['model_source']}); {plan['concurrency']} "
+        f"{at}; model `{config['model']}` ({config['model_source']}); {plan['concurrency']} "
         f"connections in a closed loop, V2 JSON requests of 1-{plan['max_rows']} rows, every "
         f"answer checked against its own input; {plan['rounds']} rotated rounds, medians "
         "(min-max). Server CPU: the server's whole process tree, per request.",
