@@ -94,6 +94,32 @@ class Settings(BaseSettings):
     """Largest request body accepted, before and after decompression; larger bodies get 413 (from
     ``Content-Length`` before reading, when the client sends it)."""
 
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Largest request head (request line and headers together); a larger one is refused with
+    431 as it arrives, before it is buffered in full, and the connection closes."""
+
+    max_header_count: int = Field(default=100, ge=1)
+    """Most header fields a request may carry; one more is refused with 431 and the connection
+    closes."""
+
+    header_timeout_s: float = Field(default=30.0, gt=0.0)
+    """A request head must be complete this long after the connection opened (or after the
+    previous answer on it); a late one is answered 408 and the connection closes (one that never
+    sent a byte is closed without an answer)."""
+
+    body_timeout_s: float = Field(default=30.0, gt=0.0)
+    """A request body must deliver each 64 KiB (or its rest) within this long; a slower one is
+    answered 408 and the connection closes. Time during which the server itself was not
+    reading (backpressure) does not count."""
+
+    max_pipelined_requests: int = Field(default=16, ge=1)
+    """HTTP/1.1 pipelining: requests of one connection parsed ahead of the one being answered;
+    at this many the connection is not read until one is answered."""
+
+    max_unsent_bytes: int = Field(default=64 * 1024, ge=4096)
+    """Back-pressure: while a connection's unsent answers exceed this (its client does not read
+    them), the server stops reading that connection and starts no further request of it."""
+
     api_key: SecretStr | None = None
     """When set, model routes (``/v2/models/...``, ``/v1/models/...``) need
     ``Authorization: Bearer <key>``; health, server metadata and ``/metrics`` stay open."""
