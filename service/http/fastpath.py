@@ -12,8 +12,10 @@ through untouched.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
+from typing import TypeVar
 
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
@@ -24,6 +26,7 @@ from normserve.service.dataplane import InferOutcome
 from normserve.service.errors import RawHeaders, render
 from normserve.service.http.auth import BearerKey
 from normserve.service.http.body import read_body
+from normserve.service.http.client_watch import CLIENT_WATCH, ClientWatch
 from normserve.service.http.codings import choose_encoding, compress, decompress
 from normserve.service.runtime.state import Runtime
 
@@ -36,6 +39,18 @@ _WANTED = {
     b"accept-encoding",
     b"inference-header-content-length",
 }
+
+
+# Work above these sizes leaves the event loop (a thread; zlib lets go of the interpreter lock):
+# a compressed body may inflate a thousandfold, a large response takes long to compress.
+INFLATE_ON_LOOP_BYTES = 1024
+COMPRESS_ON_LOOP_BYTES = 256 * 1024
+CLIENT_GONE = 499  # no answer is sent; the status observation and the access log record
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client left while its request waited: nothing is answered."""
 
 
 class Protocol(Enum):
@@ -72,6 +87,8 @@ async def answer(
         outcome, name, number = await _infer(
             runtime, api_key, receive, headers, protocol, model, version, scope
         )
+    except ClientGone:
+        return CLIENT_GONE, [], b""
     except Exception as exc:  # ServeError, or a bug that render logs and hides
         return render(exc)
     timing = f"queue;dur={outcome.queue_s * 1000:.3f}, compute;dur={outcome.compute_s * 1000:.3f}"
@@ -86,7 +103,10 @@ async def answer(
         ]
     coding = choose_encoding(headers.get(b"accept-encoding"))
     if coding is not None:
-        body = compress(body, coding)
+        if len(body) > COMPRESS_ON_LOOP_BYTES:
+            body = await asyncio.to_thread(compress, body, coding)
+        else:
+            body = compress(body, coding)
         response_headers += [(b"content-encoding", coding.encode()), (b"vary", b"Accept-Encoding")]
     scope.setdefault("state", {}).setdefault("log", {}).update(
         model=name,
@@ -114,16 +134,44 @@ async def _infer(
     runtime.require_ready().get(model, version)  # 404 before reading a large body
     limit = runtime.settings.max_body_bytes
     body = await read_body(receive, headers.get(b"content-length"), limit)
-    body = decompress(body, headers.get(b"content-encoding"), limit)
+    coding = headers.get(b"content-encoding")
+    if coding is not None and len(body) > INFLATE_ON_LOOP_BYTES:
+        body = await asyncio.to_thread(decompress, body, coding, limit)
+    else:
+        body = decompress(body, coding, limit)
     # The newest after any swap. Not require_ready(): a request admitted before a drain began
     # is served even if its body finished arriving after it.
     servable = runtime.store.get(model, version)
+    work: Awaitable[InferOutcome]
     if protocol is Protocol.V1:
-        outcome = await dataplane.predict(servable, body, runtime.settings.top_k, span)
+        work = dataplane.predict(servable, body, runtime.settings.top_k, span)
     else:
         header_length = headers.get(b"inference-header-content-length")
-        outcome = await dataplane.infer(servable, body, header_length, span)
+        work = dataplane.infer(servable, body, header_length, span)
+    outcome = await _unless_client_leaves(scope.get(CLIENT_WATCH), work)
     return outcome, servable.name, servable.version
+
+
+async def _unless_client_leaves(watch: ClientWatch | None, work: Awaitable[T]) -> T:
+    """``work``'s result, or ``ClientGone`` once the client of the request has left: the wait
+    is cancelled (a request still queued leaves the queue). Without a watch (an in-process
+    client) it simply waits."""
+    task = asyncio.current_task()
+    if watch is None or task is None:
+        return await work
+    if watch.gone:
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise ClientGone
+    watch.subscribe(task.cancel)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watch.gone and task.uncancel() == 0:
+            raise ClientGone from None
+        raise
+    finally:
+        watch.unsubscribe()
 
 
 class FastPath:

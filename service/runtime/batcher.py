@@ -10,7 +10,10 @@ retried one request at a time on that thread, so one poisonous request cannot fa
 neighbours.
 
 Overload is a typed error: a full queue raises ``QueueFull`` (503 with ``Retry-After``) at once;
-a request still queued after its timeout gets ``QueueTimeout`` (504). The hot path has no task
+a request still queued after its timeout gets ``QueueTimeout`` (504). A request whose wait is
+cancelled (its client left) leaves the queue at once, freeing its slot, and never runs; one
+cancelled while its batch runs is computed with its batch and its share dropped. Both are
+reported to ``on_cancel`` (``"queued"`` or ``"running"``). The hot path has no task
 and no event: ``submit`` dispatches directly when the model is idle, and the thread's result
 comes back with one ``call_soon_threadsafe``. Loop objects (futures, timers) are created inside
 the running loop.
@@ -131,6 +134,7 @@ class Batcher:
         *,
         name: str = "model",
         on_batch: Callable[[int, float], None] | None = None,
+        on_cancel: Callable[[str], object] | None = None,
         retry_after_s: int = 1,
     ) -> None:
         self._run = run
@@ -138,6 +142,7 @@ class Batcher:
         self._output_order = list(output_order)
         self._name = name
         self._on_batch = on_batch
+        self._on_cancel = on_cancel
         self._retry_after_s = retry_after_s
         self._pending: deque[_Item] = deque()
         self._queued = 0
@@ -188,7 +193,11 @@ class Batcher:
         try:
             return await item.future
         except asyncio.CancelledError:
+            stage = "queued" if item.waiting else "running"
             self._leave_queue(item)
+            if self._on_cancel is not None:
+                self._on_cancel(stage)
+            self._dispatch()  # its place may have held the next batch back
             raise
 
     # -- on the event loop --------------------------------------------------------------------

@@ -64,6 +64,7 @@ def make_servable(
         [spec.name for spec in model.config.outputs],
         name=f"{model.name}/{model.version}",
         on_batch=stats.batch_done,
+        on_cancel=metrics.for_model(model.name, model.version).cancelled,
         retry_after_s=settings.retry_after_s,
     )
     return Servable(model, batcher, stats, entry, fingerprint)

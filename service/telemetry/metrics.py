@@ -34,6 +34,8 @@ class ModelMetrics:
     batch_size: Histogram
     requests: Callable[[int], Counter]
     failures: Callable[[int], Counter]
+    cancelled: Callable[[str], None]
+    """One request whose client left: ``"queued"`` (never ran) or ``"running"`` (dropped)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,13 @@ class Metrics:
         self.in_flight = Gauge(
             "normserve_inflight_requests", "HTTP requests being served now", registry=r
         )
+        self.cancelled = Counter(
+            "normserve_cancelled_requests",
+            "Inference requests whose client left before the answer, by model, version and "
+            "stage: queued (left the queue, never computed) or running (computed, not answered)",
+            [*per_model, "stage"],
+            registry=r,
+        )
         self.model_events = Counter(
             "normserve_model_events",
             "Model version load and unload events by outcome",
@@ -142,6 +151,7 @@ class Metrics:
             batch_size=self.batch_size.labels(*labels),
             requests=lambda status: self.requests.labels(*labels, str(status)),
             failures=lambda status: self.failures.labels(*labels, str(status)),
+            cancelled=lambda stage: self.cancelled.labels(*labels, stage).inc(),
         )
 
     def model_event(self, name: str, version: int, event: str, ok: bool) -> None:
