@@ -19,6 +19,7 @@ from normserve.service.codecs.v2 import (
     InferRequest,
     decode_infer_request,
     encode_infer_response,
+    json_booleans_possible,
     parse_json_body,
     split_body,
 )
@@ -223,7 +224,10 @@ async def infer(
 
     def decode(model: LoadedModel) -> InferRequest:
         header, binary = split_body(body, header_length)
-        return decode_infer_request(parse_json_body(header), model, binary)
+        booleans = json_booleans_possible(header)
+        return decode_infer_request(
+            parse_json_body(header), model, binary, booleans_possible=booleans
+        )
 
     return await run(servable, decode, encode_infer_response, span)
 

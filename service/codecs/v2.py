@@ -15,6 +15,7 @@ it would spread one set of validation rules over several files.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "classification_view",
     "decode_infer_request",
     "encode_infer_response",
+    "json_booleans_possible",
     "parse_json_body",
     "parse_shape",
     "split_body",
@@ -113,6 +115,12 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
     return parsed
 
 
+def json_booleans_possible(text: bytes) -> bool:
+    """Whether a JSON text may hold a boolean (a fast byte search; strings may give false
+    positives, never false negatives)."""
+    return b"true" in text or b"false" in text
+
+
 def parse_shape(raw: object, field: str) -> tuple[int, ...]:
     """A wire shape: a list of non-negative integers (checked against a spec by check_shape)."""
     if not isinstance(raw, list) or not all(
@@ -139,8 +147,19 @@ def check_shape(shape: tuple[int, ...], spec: TensorSpec, field: str, max_batch:
         raise BadRequest(f"{field}: dimensions must be positive, got {list(shape)}")
 
 
-def to_array(data: object, spec: TensorSpec, shape: tuple[int, ...], field: str) -> np.ndarray:
-    """Flat or nested JSON numbers → an array of ``spec.datatype`` with ``shape``."""
+def to_array(
+    data: object,
+    spec: TensorSpec,
+    shape: tuple[int, ...],
+    field: str,
+    *,
+    booleans_possible: bool = True,
+) -> np.ndarray:
+    """Flat or nested JSON numbers → an array of ``spec.datatype`` with ``shape``.
+
+    JSON booleans are values only of BOOL tensors: ``true`` is not the number 1.
+    ``booleans_possible=False`` says the caller knows that ``data`` holds none (a body without
+    the tokens), which skips the scan that a list mixing booleans and numbers needs."""
     if not isinstance(data, list):
         raise BadRequest(f"{field}: expected a list of numbers, got {type(data).__name__}")
     try:
@@ -151,12 +170,13 @@ def to_array(data: object, spec: TensorSpec, shape: tuple[int, ...], field: str)
     if raw.size != count:
         raise BadRequest(f"{field}: shape {list(shape)} needs {count} values, got {raw.size}")
     dtype = numpy_dtype(spec.datatype)
-    kinds = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[dtype.kind]
+    kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]
+    wanted = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
     if raw.size and raw.dtype.kind not in kinds:
-        wanted = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
-        raise BadRequest(
-            f"{field}: expected {wanted} for {spec.datatype}, got {raw.dtype.kind!r} data"
-        )
+        got = "booleans" if raw.dtype.kind == "b" else f"{raw.dtype.kind!r} data"
+        raise BadRequest(f"{field}: expected {wanted} for {spec.datatype}, got {got}")
+    if booleans_possible and dtype.kind != "b" and raw.size and _holds_booleans(data, raw):
+        raise BadRequest(f"{field}: expected {wanted} for {spec.datatype}, got booleans among them")
     if dtype.kind in "iu" and raw.size:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
@@ -168,6 +188,17 @@ def to_array(data: object, spec: TensorSpec, shape: tuple[int, ...], field: str)
             raise BadRequest(f"{field}: values overflow {spec.datatype} (finite numbers expected)")
         return cast.reshape(shape)
     return raw.astype(dtype).reshape(shape)
+
+
+def _holds_booleans(data: list[Any], raw: np.ndarray) -> bool:
+    """Whether nested ``data`` (already converted to numeric ``raw``) holds a JSON boolean.
+    numpy turns ``true`` into 1, so only lists holding a 0 or a 1 are scanned, level by level."""
+    if not ((raw == 0) | (raw == 1)).any():
+        return False
+    level: list[Any] = data
+    for _ in range(raw.ndim - 1):
+        level = list(itertools.chain.from_iterable(level))
+    return bool in set(map(type, level))
 
 
 def _from_binary(
@@ -226,7 +257,12 @@ def check_parameters(raw: object, field: str) -> dict[str, Any]:
 
 
 def _decode_input(
-    item: object, index: int, model: LoadedModel, binary: memoryview, offset: int
+    item: object,
+    index: int,
+    model: LoadedModel,
+    binary: memoryview,
+    offset: int,
+    booleans_possible: bool,
 ) -> tuple[str, np.ndarray, int]:
     """One input tensor; returns the new offset into the binary section."""
     field = f"inputs[{index}]"
@@ -261,7 +297,10 @@ def _decode_input(
         return name, array, offset + size
     if "data" not in item:
         raise BadRequest(f"{field}.data: missing; expected the tensor's values")
-    return name, to_array(item["data"], spec, shape, f"{field}.data"), offset
+    array = to_array(
+        item["data"], spec, shape, f"{field}.data", booleans_possible=booleans_possible
+    )
+    return name, array, offset
 
 
 def _flag(value: object, field: str) -> bool:
@@ -316,9 +355,15 @@ def _requested_outputs(
 
 
 def decode_infer_request(
-    header: dict[str, Any], model: LoadedModel, binary: memoryview | None = None
+    header: dict[str, Any],
+    model: LoadedModel,
+    binary: memoryview | None = None,
+    *,
+    booleans_possible: bool = True,
 ) -> InferRequest:
-    """Check and convert a parsed V2 infer request (and its binary section) for ``model``."""
+    """Check and convert a parsed V2 infer request (and its binary section) for ``model``;
+    ``booleans_possible=False`` when the JSON text holds no ``true``/``false`` token
+    (``json_booleans_possible``)."""
     binary = binary if binary is not None else memoryview(b"")
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -344,7 +389,7 @@ def decode_infer_request(
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for index, item in enumerate(raw_inputs):
-        name, array, offset = _decode_input(item, index, model, binary, offset)
+        name, array, offset = _decode_input(item, index, model, binary, offset, booleans_possible)
         if name in inputs:
             raise BadRequest(f"inputs[{index}].name: input {name!r} is given twice")
         inputs[name] = array
