@@ -10,19 +10,26 @@ it is one contract, so every rule of the format lives here:
   Triton config name;
 - ``model.json`` as typed objects (``TensorSpec``, ``GoldenProbe``, ``BatchingOverrides``,
   ``ModelConfig``), parsed strictly and written back in one shape;
-- scanning a repository, and writing one entry atomically (staging directory + rename).
+- scanning a repository, and writing one entry atomically (staging directory + rename): an
+  export that chose no version claims the next free one at the rename, retrying with the
+  next when another export took it, and staging directories that a killed export left behind
+  are removed by the next export and by the server's start (``remove_stale_staging``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
-from dataclasses import dataclass, field
+import threading
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,7 @@ __all__ = [
     "parse_version",
     "plan_entry",
     "read_entry",
+    "remove_stale_staging",
     "scan_model",
     "scan_repository",
     "v2_datatype",
@@ -519,10 +527,24 @@ def next_version(model_dir: Path) -> int:
     return max((v for v in versions if v is not None), default=0) + 1
 
 
+# Targets that plan_entry chose itself (no version asked for): write_entry may move such an
+# entry to the next free version when another export takes this one first.
+_CHOSEN: set[Path] = set()
+_CHOSEN_LOCK = threading.Lock()
+
+
 def plan_entry(repository: Path, name: str, version: int | None, force: bool) -> tuple[Path, int]:
-    """Resolve the target directory before any work is done, refusing what cannot be written."""
+    """Resolve the target directory before any work is done, refusing what cannot be written.
+
+    With no ``version``, the next free one is chosen now and claimed only when the entry is
+    written (``write_entry``): an export that finds it taken then takes the next, so several
+    exports of one name at once each get their own version. Staging directories left by
+    killed exports are removed first (``remove_stale_staging``)."""
     check_model_name(name)
     model_dir = repository / name
+    if repository.is_dir():
+        remove_stale_staging(repository)
+    chosen = version is None
     if version is None:
         version = next_version(model_dir)
     if version < 1 or len(str(version)) > MAX_DIGITS:
@@ -535,7 +557,78 @@ def plan_entry(repository: Path, name: str, version: int | None, force: bool) ->
     if repository.exists() and not repository.is_dir():
         raise RepositoryError(f"repository {repository} exists and is not a directory")
     _check_writable(model_dir)
+    if chosen:
+        with _CHOSEN_LOCK:
+            _CHOSEN.add(target)
     return target, version
+
+
+# -- staging directories left behind ------------------------------------------------------------
+
+STALE_AFTER_S = 600.0
+"""A staging directory is stale once this old and its writer process is gone."""
+_STAGING = re.compile(r"^\.(?:\d+\.(?:tmp|old)|normserve-probe)-(?:(\d+)-([0-9a-f]{8})-)?")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _staging_prefix(kind: str, version: str) -> str:
+    """``.<version>.<kind>-<pid>-<host>-``: whose it is, for ``remove_stale_staging``."""
+    return f".{version}.{kind}-{os.getpid()}-{_host_tag()}-"
+
+
+def _writer_gone(pid: str | None, host: str | None, age_s: float) -> bool:
+    if age_s < STALE_AFTER_S:
+        return False
+    if pid is None or host != _host_tag():
+        return age_s > 24 * 3600  # no owner to ask (an older name, another machine)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, someone else's
+    return False
+
+
+def remove_stale_staging(repository: Path) -> list[Path]:
+    """Remove the hidden staging directories of exports that died mid-write (older than
+    ``STALE_AFTER_S``, their process gone) and return them. An entry a killed ``--force``
+    replacement had moved aside (``.<version>.old-*``) is put back when nothing took its
+    place. Best effort: what cannot be listed or removed (a read-only repository) stays."""
+    removed: list[Path] = []
+    try:
+        model_dirs = [p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return removed
+    now = time.time()
+    for directory in [repository, *model_dirs]:
+        try:
+            candidates = [p for p in directory.iterdir() if _STAGING.match(p.name)]
+        except OSError:
+            continue
+        for path in candidates:
+            match = _STAGING.match(path.name)
+            assert match is not None
+            try:
+                age = now - path.lstat().st_mtime
+            except OSError:
+                continue
+            if not path.is_dir() or not _writer_gone(match[1], match[2], age):
+                continue
+            version = path.name[1:].split(".", 1)[0]
+            target = directory / version
+            try:
+                if ".old-" in path.name and not target.exists():
+                    os.rename(path, target)  # the replacement never arrived: put it back
+                else:
+                    shutil.rmtree(path)
+                removed.append(path)
+            except OSError:
+                continue
+    return removed
 
 
 def _check_writable(directory: Path) -> None:
@@ -563,30 +656,37 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def write_entry(target: Path, onnx_bytes: bytes, config: ModelConfig, force: bool) -> None:
+def write_entry(target: Path, onnx_bytes: bytes, config: ModelConfig, force: bool) -> ModelConfig:
     """Write both files into a hidden staging sibling of ``target`` and rename it into place:
-    a reader (the server's scan skips hidden names) sees no entry or a whole one."""
+    a reader (the server's scan skips hidden names) sees no entry or a whole one.
+
+    The rename claims the version: when ``target`` was chosen by ``plan_entry`` (no version
+    asked for) and another export took it meanwhile, the entry goes to the next free version
+    instead (its ``model.json`` says so). Returns the config written, with that version."""
     if config.onnx_sha256 != hashlib.sha256(onnx_bytes).hexdigest():
         raise RepositoryError(f"{target}: the config's onnx_sha256 does not match the ONNX bytes")
+    with _CHOSEN_LOCK:
+        movable = target in _CHOSEN
+        _CHOSEN.discard(target)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        prefix = _staging_prefix("tmp", target.name)
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     except OSError as exc:
         _remove_empty(created)
         raise RepositoryError(f"cannot write to {target.parent}: {exc.strerror or exc}") from exc
     retired: Path | None = None
     try:
         _write_file(staging / MODEL_FILE, onnx_bytes)
-        text = json.dumps(config.to_json(), indent=2, sort_keys=False) + "\n"
-        _write_file(staging / METADATA_FILE, text.encode())
+        _write_file(staging / METADATA_FILE, _config_text(config))
         os.chmod(staging, 0o755)
-        if target.exists():
-            if not force:
-                raise RepositoryError(f"{target} already exists; pass --force to replace it")
-            retired = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists() and force:
+            retired = target.parent / (_staging_prefix("old", target.name) + os.urandom(4).hex())
             os.replace(target, retired)
-        os.replace(staging, target)
+            os.replace(staging, target)
+        else:
+            target, config = _claim(staging, target, config, movable)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if retired is not None and not target.exists():
@@ -599,6 +699,38 @@ def write_entry(target: Path, onnx_bytes: bytes, config: ModelConfig, force: boo
         raise
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
+    return config
+
+
+def _config_text(config: ModelConfig) -> bytes:
+    return (json.dumps(config.to_json(), indent=2, sort_keys=False) + "\n").encode()
+
+
+_TAKEN = {errno.EEXIST, errno.ENOTEMPTY}
+_CLAIM_ATTEMPTS = 1000
+
+
+def _claim(
+    staging: Path, target: Path, config: ModelConfig, movable: bool
+) -> tuple[Path, ModelConfig]:
+    """Rename ``staging`` to ``target`` only if no entry is there (a rename onto a directory
+    that holds files fails): atomically, against any number of exports at once. A ``movable``
+    entry tries the next free version instead of failing."""
+    for _ in range(_CLAIM_ATTEMPTS):
+        if not target.exists():
+            try:
+                os.rename(staging, target)
+                return target, config
+            except OSError as exc:
+                if exc.errno not in _TAKEN:
+                    raise
+        if not movable:
+            raise RepositoryError(f"{target} already exists; pass --force to replace it")
+        version = next_version(target.parent)
+        target = target.parent / str(version)
+        config = replace(config, version=version)
+        _write_file(staging / METADATA_FILE, _config_text(config))
+    raise RepositoryError(f"{target.parent}: no free version after {_CLAIM_ATTEMPTS} attempts")
 
 
 def _remove_empty(directories: list[Path]) -> None:

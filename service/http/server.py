@@ -12,9 +12,10 @@ from types import FrameType
 import uvicorn
 
 from normserve.errors import UserError
+from normserve.model_repository import remove_stale_staging
 from normserve.service.app import create_app
 from normserve.service.grpc.server import GrpcServer, grpc_server
-from normserve.service.http.uvicorn_protocol import JsonErrorHttpToolsProtocol
+from normserve.service.http.uvicorn_protocol import protocol_class
 from normserve.service.runtime.state import Runtime
 from normserve.service.settings import Settings
 from normserve.service.telemetry.logs import configure_logging
@@ -113,11 +114,14 @@ def serve(settings: Settings) -> None:
     """Take the port, load the repository, then serve until a signal, draining first.
 
     Both checks come before any model loads: a busy port or a broken repository fails with one
-    clear line (a ``UserError``) at once.
+    clear line (a ``UserError``) at once. Staging directories of exports that died mid-write
+    are removed first (when the repository is writable).
     """
     configure_logging(settings)
     tracing = start_tracing(settings.tracing)
     sock = listen(settings.host, settings.port)
+    for path in remove_stale_staging(settings.repository):
+        log.info("removed %s: the staging directory of an export that did not finish", path)
     try:
         runtime = Runtime(settings=settings)
         runtime.load_repository()
@@ -134,7 +138,7 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
-        http=JsonErrorHttpToolsProtocol,
+        http=protocol_class(settings),
     )
     try:
         DrainingServer(config, runtime, grpc_server(runtime, tracing)).run(sockets=[sock])
