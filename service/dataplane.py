@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -14,6 +15,7 @@ from normserve import __version__
 from normserve.model_repository import DATATYPES
 from normserve.service.codecs import grpc as grpc_codec
 from normserve.service.codecs import inference_pb2 as pb
+from normserve.service.codecs.offload import OFFLOAD_BYTES, JsonOffload, json_part
 from normserve.service.codecs.v1 import PredictRequest, decode_predict_request, encode_predictions
 from normserve.service.codecs.v2 import (
     InferRequest,
@@ -159,17 +161,20 @@ D = TypeVar("D", bound=Decoded)
 
 async def run(
     servable: Servable,
-    decode: Callable[[LoadedModel], D],
+    decode: Callable[[LoadedModel], D | Awaitable[D]],
     encode: Callable[[LoadedModel, D, list[np.ndarray]], tuple[bytes, int | None]],
     span: RequestSpan | None = None,
 ) -> InferOutcome:
     """The one inference path of every protocol: decode, queue for a batch, encode. Statistics
     record success and failure alike; ``encode`` returns the body and, for a binary body, the
     length of its JSON header. ``span`` is the request's server span when tracing is on: the
-    phases become its child spans."""
+    phases become its child spans. ``decode`` may be a coroutine (a body decoded off the
+    server's process: ``codecs/offload.py``)."""
     start = time.perf_counter()
     try:
         request = decode(servable.model)
+        if inspect.isawaitable(request):
+            request = await request
         decoded = time.perf_counter()
         result = await servable.batcher.submit(
             request.inputs, request.batch_size, request.output_names, request.timeout_s
@@ -218,11 +223,18 @@ def _trace_phases(
 
 
 async def infer(
-    servable: Servable, body: bytes, header_length: str | None, span: RequestSpan | None = None
+    servable: Servable,
+    body: bytes,
+    header_length: str | None,
+    span: RequestSpan | None = None,
+    offload: JsonOffload | None = None,
 ) -> InferOutcome:
-    """V2 ``infer``: a JSON body, or the binary tensor extension's header and tensor bytes."""
+    """V2 ``infer``: a JSON body, or the binary tensor extension's header and tensor bytes. With
+    ``offload``, a large JSON part is decoded in its worker process."""
 
-    def decode(model: LoadedModel) -> InferRequest:
+    def decode(model: LoadedModel) -> InferRequest | Awaitable[InferRequest]:
+        if offload is not None and json_part(body, header_length) >= OFFLOAD_BYTES:
+            return offload.infer_request(model.config, body, header_length)
         header, binary = split_body(body, header_length)
         booleans = json_booleans_possible(header)
         return decode_infer_request(
@@ -244,11 +256,18 @@ async def infer_grpc(
 
 
 async def predict(
-    servable: Servable, body: bytes, default_top_k: int, span: RequestSpan | None = None
+    servable: Servable,
+    body: bytes,
+    default_top_k: int,
+    span: RequestSpan | None = None,
+    offload: JsonOffload | None = None,
 ) -> InferOutcome:
-    """The KServe V1 ``:predict`` view over the same batcher."""
+    """The KServe V1 ``:predict`` view over the same batcher (a large body decoded by
+    ``offload`` when given)."""
 
-    def decode(model: LoadedModel) -> PredictRequest:
+    def decode(model: LoadedModel) -> PredictRequest | Awaitable[PredictRequest]:
+        if offload is not None and len(body) >= OFFLOAD_BYTES:
+            return offload.predict_request(model.config, body, default_top_k)
         return decode_predict_request(parse_json_body(body), model, default_top_k)
 
     def encode(

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from normserve.service import dataplane
+from normserve.service.codecs.offload import JsonOffload
 from normserve.service.dataplane import InferOutcome
 from normserve.service.errors import RawHeaders, render
 from normserve.service.http.auth import BearerKey
@@ -80,12 +81,14 @@ async def answer(
     protocol: Protocol,
     model: str,
     version: str | None,
+    offload: JsonOffload | None = None,
 ) -> tuple[int, RawHeaders, bytes]:
-    """Status, headers and body for one inference request; every failure through ``render``."""
+    """Status, headers and body for one inference request; every failure through ``render``.
+    ``offload`` decodes large JSON bodies beside the server's process."""
     headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
     try:
         outcome, name, number = await _infer(
-            runtime, api_key, receive, headers, protocol, model, version, scope
+            runtime, api_key, receive, headers, protocol, model, version, scope, offload
         )
     except ClientGone:
         return CLIENT_GONE, [], b""
@@ -127,6 +130,7 @@ async def _infer(
     model: str,
     version: str | None,
     scope: Scope,
+    offload: JsonOffload | None,
 ) -> tuple[InferOutcome, str, int]:
     span = scope.get("state", {}).get("span")  # the request's server span when tracing is on
     if api_key is not None:
@@ -144,10 +148,10 @@ async def _infer(
     servable = runtime.store.get(model, version)
     work: Awaitable[InferOutcome]
     if protocol is Protocol.V1:
-        work = dataplane.predict(servable, body, runtime.settings.top_k, span)
+        work = dataplane.predict(servable, body, runtime.settings.top_k, span, offload)
     else:
         header_length = headers.get(b"inference-header-content-length")
-        work = dataplane.infer(servable, body, header_length, span)
+        work = dataplane.infer(servable, body, header_length, span, offload)
     outcome = await _unless_client_leaves(scope.get(CLIENT_WATCH), work)
     return outcome, servable.name, servable.version
 
@@ -187,6 +191,7 @@ class FastPath:
         self.app = app
         self.runtime = runtime
         self.api_key = api_key
+        self.offload = JsonOffload()
         # The stack is built on the first request, after every route was added.
         self.routes = [
             (route, _INFERENCE[route.endpoint])
@@ -212,6 +217,7 @@ class FastPath:
                     protocol,
                     params["model_name"],
                     params.get("version"),
+                    self.offload,
                 )
                 headers.append((b"content-length", str(len(body)).encode()))
                 await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -484,3 +484,39 @@ def test_bodies_inflating_past_the_limit_do_not_hold_up_other_requests(healthy: 
         thread.join(timeout=60)
     assert sorted(status for _, status in answered) == [413] * 6
     assert health_at < min(at for at, _ in answered)
+
+
+def test_large_json_bodies_do_not_hold_up_other_requests(healthy: Server):
+    """Three 24 MiB JSON bodies whose millions of numbers fit no shape of the model (a 400
+    once parsed) arrive at once; a health check sent just after them is answered before the
+    first of them is refused: parsing happens in another process, not on the event loop."""
+    port = port_of(healthy)
+    numbers = b",".join([b"0.123456"] * (24 * 1024 * 1024 // 9))
+    body = b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": ['
+    raw = request_bytes("POST", "/v2/models/affine/infer", body + numbers + b"]}]}")
+    answered: list[tuple[float, object]] = []
+    lock = threading.Lock()
+
+    def one(sock: socket.socket) -> None:
+        response = read_response(sock, timeout_s=60)
+        with lock:
+            answered.append((time.monotonic(), response))
+        sock.close()
+
+    sockets = [open_socket(port) for _ in range(3)]
+    for sock in sockets:
+        sock.sendall(raw)
+    threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in sockets]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    with open_socket(port) as sock:
+        sock.sendall(request_bytes("GET", "/v2/health/live"))
+        assert read_response(sock).status == 200
+        health_at = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answered) == 3
+    for _, response in answered:
+        assert_error(response, 400, "needs 3 values, got 2796202")
+    assert health_at < min(at for at, _ in answered)

@@ -1,0 +1,133 @@
+"""Decoding large JSON bodies in a worker process, so that no event loop ever waits for one.
+
+JSON parsing (orjson) and turning nested lists into arrays (numpy) hold Python's interpreter
+lock for as long as they run: half a second and more for a body of tens of MiB, which a thread
+does not hide from the event loop. A V2 body whose JSON part is at least ``OFFLOAD_BYTES``, or
+a V1 body that large, is therefore decoded in a worker process by the codec's own functions
+(``decode_infer_request``, ``decode_predict_request``, so the checks and the messages are the
+same) against a ``ModelView`` of the model's config; the decoded arrays come back instead of
+the text. The server process spends only the copies of the body out and the arrays back.
+
+One worker (started on first use, with ``forkserver``: the server has threads that ``fork``
+must not copy), so large bodies also queue behind each other instead of taking every core.
+A worker that dies (out of memory on a hostile body) is replaced; its request gets a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from normserve.model_repository import ModelConfig, TensorSpec
+from normserve.service.codecs.v1 import PredictRequest, decode_predict_request
+from normserve.service.codecs.v2 import (
+    InferRequest,
+    decode_infer_request,
+    json_booleans_possible,
+    parse_json_body,
+    split_body,
+)
+from normserve.service.errors import Unavailable
+
+__all__ = ["OFFLOAD_BYTES", "JsonOffload", "ModelView"]
+
+log = logging.getLogger("normserve.service")
+
+OFFLOAD_BYTES = 256 * 1024
+"""JSON text of at least this many bytes is decoded in the worker process."""
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What decoding reads of a loaded model, without its session: picklable."""
+
+    config: ModelConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> int:
+        return self.config.version
+
+    def input_spec(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.config.inputs if s.name == name), None)
+
+    def output_spec(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.config.outputs if s.name == name), None)
+
+
+def _decode_v2(config: ModelConfig, body: bytes, header_length: str | None) -> InferRequest:
+    """In the worker: what ``dataplane.infer`` decodes in the server for a small body."""
+    header, binary = split_body(body, header_length)
+    return decode_infer_request(
+        parse_json_body(header),
+        ModelView(config),  # type: ignore[arg-type]
+        binary,
+        booleans_possible=json_booleans_possible(header),
+    )
+
+
+def _decode_v1(config: ModelConfig, body: bytes, default_top_k: int) -> PredictRequest:
+    """In the worker: what ``dataplane.predict`` decodes in the server for a small body."""
+    return decode_predict_request(parse_json_body(body), ModelView(config), default_top_k)  # type: ignore[arg-type]
+
+
+def json_part(body: bytes, header_length: str | None) -> int:
+    """How many bytes of a V2 body are JSON (all of it, unless the binary extension says)."""
+    if header_length is None:
+        return len(body)
+    text = header_length.strip()
+    return min(int(text), len(body)) if text.isascii() and text.isdigit() and len(text) < 19 else 0
+
+
+class JsonOffload:
+    """The worker process and the two decoders that use it."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def infer_request(
+        self, config: ModelConfig, body: bytes, header_length: str | None
+    ) -> InferRequest:
+        return await self._run(_decode_v2, config, body, header_length)
+
+    async def predict_request(
+        self, config: ModelConfig, body: bytes, default_top_k: int
+    ) -> PredictRequest:
+        return await self._run(_decode_v1, config, body, default_top_k)
+
+    async def _run(self, fn: Callable[..., R], *args: Any) -> R:
+        pool = self._worker()
+        try:
+            return await asyncio.wrap_future(pool.submit(fn, *args))
+        except BrokenProcessPool:
+            log.error("the JSON decoding process died (out of memory?); starting another")
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise Unavailable("the request body could not be decoded; retry later") from None
+
+    def _worker(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("forkserver")
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
