@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from normserve.export.from_checkpoint import ExportOptions, run_export
+from normserve.export.inputs import checkpoint_inputs
 from normserve.export.onnx_export import export_onnx
-from normserve.export.rebuild import build_eval_model, parity_inputs
+from normserve.export.rebuild import build_eval_model
 from normserve.models.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from normserve.models.datasets import load_dataset
 from normserve.models.registry import build_model, get_architecture, list_architectures
@@ -101,10 +102,10 @@ def synthetic_checkpoint(arch: str, seed: int = 0, calibration_batches: int = 4)
                 bn.weight.uniform_(0.5, 1.5, generator=generator)
                 bn.bias.normal_(0.0, 0.1, generator=generator)
     model.eval()
-    return Checkpoint(
+    return Checkpoint.from_state_dict(
         arch=arch,
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        input=InputSpec(name="input", shape=shape),
+        inputs=[InputSpec(name="input", shape=list(shape))],
         metrics={"seed": 0, "val_fraction": 0.2, "note": "synthetic benchmark weights"},
     )
 
@@ -143,7 +144,8 @@ class BenchModel:
 
     @cached_property
     def _parity_inputs(self) -> tuple[torch.Tensor, str]:
-        return parity_inputs(self.checkpoint)
+        found = checkpoint_inputs(self.checkpoint)
+        return found.tensors[0], found.kind
 
     @property
     def inputs(self) -> torch.Tensor:

@@ -49,6 +49,7 @@ from normserve.export.fold import (
     freeze_batch_norm,
     pads_with_zeros,
 )
+from normserve.export.norm_calls import count_norm_calls
 
 __all__ = ["Decision", "FreezeReport", "freeze_normalization", "is_standard"]
 
@@ -58,12 +59,6 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _PER_SAMPLE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, _InstanceNorm)
 _LEAVES = (*_CONVS, *_CONV_TRANSPOSES, nn.Linear, _BatchNorm, *_PER_SAMPLE_NORMS)
-_FUNCTIONAL_NORMS = {
-    nn.functional.layer_norm: "LayerNorm",
-    nn.functional.group_norm: "GroupNorm",
-    nn.functional.instance_norm: "InstanceNorm",
-    nn.functional.rms_norm: "RMSNorm",
-}
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ class FreezeReport:
     frozen_affine: int = 0
     batch_norm_calls: int = 0
     instance_norm_running_stats_calls: int = 0
-    other_norms: dict[str, int] = field(default_factory=dict)  # per-sample norms: ONNX ops
+    other_norms: dict[str, int] = field(default_factory=dict)  # per-sample norm calls: ONNX ops
     decisions: list[Decision] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     traced: bool = True
@@ -205,12 +200,15 @@ def _check_statistics(module: nn.Module, name: str, report: FreezeReport) -> Non
             f"{type(module).__name__} {name!r} has non-finite or negative running statistics: "
             "the checkpoint is corrupt"
         )
-    tracked = getattr(module, "num_batches_tracked", None)
-    if tracked is not None and int(tracked) == 0:
-        report.warnings.append(
+    # The statistics themselves say whether they were updated: num_batches_tracked does not,
+    # since a checkpoint saved without it (older PyTorch) loads it as 0.
+    if bool((mean == 0).all()) and bool((var == 1).all()):
+        warning = (
             f"{type(module).__name__} {name!r}: running statistics were never updated "
             "(mean 0, variance 1): was the model trained?"
         )
+        if warning not in report.warnings:  # a layer called twice warns once
+            report.warnings.append(warning)
 
 
 def _input_of(node: fx.Node) -> fx.Node:
@@ -400,9 +398,6 @@ class _Rewriter:
             if node.op == "call_function":
                 if node.target is nn.functional.batch_norm:
                     self.rewrite_functional(node)
-                elif node.target in _FUNCTIONAL_NORMS:
-                    kind = _FUNCTIONAL_NORMS[node.target]
-                    self.report.other_norms[kind] = self.report.other_norms.get(kind, 0) + 1
                 continue
             if node.op != "call_module":
                 continue
@@ -410,9 +405,6 @@ class _Rewriter:
             name = str(node.target)
             token = _stat_norm_kind(module, name)
             if token is None:
-                if isinstance(module, _PER_SAMPLE_NORMS):
-                    kind = type(module).__name__
-                    self.report.other_norms[kind] = self.report.other_norms.get(kind, 0) + 1
                 continue
             _check_statistics(module, name, self.report)
             if token == "bn":
@@ -432,9 +424,6 @@ def _freeze_modules(model: nn.Module, why: str, report: FreezeReport) -> nn.Modu
     for name, module in list(model.named_modules()):
         token = _stat_norm_kind(module, name) if name else None
         if token is None:
-            if isinstance(module, _PER_SAMPLE_NORMS):
-                kind = type(module).__name__
-                report.other_norms[kind] = report.other_norms.get(kind, 0) + 1
             continue
         if not is_standard(module):
             raise ExportError(
@@ -457,9 +446,11 @@ def _freeze_modules(model: nn.Module, why: str, report: FreezeReport) -> nn.Modu
 
 
 def freeze_normalization(
-    model: nn.Module, sample: torch.Tensor, *, fold: bool = True
+    model: nn.Module, sample: torch.Tensor | tuple[torch.Tensor, ...], *, fold: bool = True
 ) -> tuple[nn.Module, FreezeReport]:
     """Return an eval-mode module with every BatchNorm folded or frozen, and what was done.
+
+    ``sample``: one tensor per model input (a batch of a few real inputs).
 
     ``fold=False`` freezes every BatchNorm as an affine without folding (``--no-fold``): the
     graph still holds no BatchNormalization node, only extra Mul/Add.
@@ -469,7 +460,8 @@ def freeze_normalization(
     """
     if any(m.training for m in model.modules()):
         raise ExportError("freeze_normalization needs an eval-mode model")
-    report = FreezeReport()
+    samples = (sample,) if isinstance(sample, torch.Tensor) else tuple(sample)
+    report = FreezeReport(other_norms=count_norm_calls(model, samples))
     try:
         gm = _trace(model)
     except ExportError:
@@ -478,7 +470,7 @@ def freeze_normalization(
         return _freeze_modules(model, first_line(exc), report), report
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(sample)
+            ShapeProp(gm).propagate(*samples)
     except Exception as exc:
         raise ExportError(f"the model fails on a sample input: {first_line(exc)}") from exc
     _Rewriter(gm, report, fold).run()

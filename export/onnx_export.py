@@ -1,4 +1,4 @@
-"""``torch.onnx.export`` with a dynamic batch axis, quietly, into bytes."""
+"""``torch.onnx.export`` with a dynamic batch axis (and any other dynamic axes), quietly."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 from normserve.errors import first_line
 from normserve.export.errors import ExportError
 
-__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "export_onnx"]
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "export_onnx", "graph_shapes"]
 
 # Opset 18, on purpose:
 # - it is the torch.export-based exporter's native opset in torch 2.13 (its operator library is
@@ -51,16 +51,22 @@ def _quiet() -> object:
 
 def export_onnx(
     model: nn.Module,
-    sample: torch.Tensor,
+    samples: torch.Tensor | tuple[torch.Tensor, ...],
     *,
-    input_name: str,
-    output_name: str,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    dynamic_axes: dict[int, tuple[int, ...]] | None = None,
     opset: int = DEFAULT_OPSET,
     optimize: bool = True,
+    input_name: str | None = None,
+    output_name: str | None = None,
 ) -> onnx.ModelProto:
-    """Export ``model`` (eval mode, no BatchNorm left) with axis 0 of input and output dynamic.
+    """Export ``model`` (eval mode, no BatchNorm left) with axis 0 of every input and output
+    dynamic (one batch size shared by all), and ``dynamic_axes`` (input index → further axes of
+    that input) dynamic too.
 
-    ``sample`` must have a batch of at least 2 so the exporter does not specialize on 1.
+    ``samples`` (one tensor per input) must have a batch of at least 2 so the exporter does not
+    specialize on 1. ``input_name``/``output_name`` name a single input/output.
     ``optimize=False`` skips the exporter's ONNX optimizer, which would otherwise fold any
     BatchNorm still present into a preceding Conv behind the user's back (benchmarks use it
     for the unfolded baseline).
@@ -70,18 +76,28 @@ def export_onnx(
             f"opset {opset} is not supported: expected {MIN_OPSET}..{MAX_OPSET} "
             f"(default {DEFAULT_OPSET}); LayerNormalization needs ≥ 17"
         )
-    if sample.shape[0] < 2:
-        raise ValueError("export sample needs a batch of at least 2")
+    inputs = (samples,) if isinstance(samples, torch.Tensor) else tuple(samples)
+    if any(t.shape[0] < 2 for t in inputs):
+        raise ValueError("export samples need a batch of at least 2")
+    names = input_names or (
+        [input_name] if input_name else [f"input_{i}" for i in range(len(inputs))]
+    )
+    outputs = output_names or ([output_name] if output_name else None)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    dynamic = dynamic_axes or {}
+    shapes = tuple(
+        {0: batch, **{axis: torch.export.Dim.DYNAMIC for axis in dynamic.get(i, ())}}
+        for i in range(len(inputs))
+    )
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
                 model,
-                (sample,),
+                inputs,
                 dynamo=True,
-                input_names=[input_name],
-                output_names=[output_name],
-                dynamic_shapes=({0: batch},),
+                input_names=names,
+                output_names=outputs,
+                dynamic_shapes=shapes,
                 opset_version=opset,
                 optimize=optimize,
                 external_data=False,
@@ -93,3 +109,16 @@ def export_onnx(
     proto = program.model_proto
     proto.producer_name = "normserve"
     return proto
+
+
+def graph_shapes(proto: onnx.ModelProto, kind: str) -> dict[str, tuple[int, ...]]:
+    """Each graph input's or output's shape, -1 for a symbolic (dynamic) axis."""
+    values = proto.graph.input if kind == "input" else proto.graph.output
+    initializers = {t.name for t in proto.graph.initializer}
+    return {
+        value.name: tuple(
+            d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim
+        )
+        for value in values
+        if value.name not in initializers
+    }

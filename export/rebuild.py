@@ -1,27 +1,31 @@
-"""Rebuilding the eager model from a checkpoint, and the inputs its proof runs on.
+"""Rebuilding the eager model from a checkpoint: the architecture, and the one reading of the
+file that loads into it strictly.
 
 Shared by ``normserve export`` (export/from_checkpoint.py) and ``normserve verify``
-(export/verify.py): both must rebuild the same model the same way and prove it on the same
-inputs, so neither borrows the other's private helpers.
+(export/verify.py): both must rebuild the same model the same way. A file may offer several
+readings (models/checkpoint.py: every dict of tensors in it, with or without the usual key
+prefixes); each is loaded, strictly, into a fresh copy of the architecture, and exactly one
+must fit. None fitting, or several, is one line naming them and the flags that pick one.
+Nothing is ever loaded non-strictly.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import re
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from normserve.errors import first_line
 from normserve.export.errors import ExportError
-from normserve.models.checkpoint import Checkpoint
-from normserve.models.datasets import load_dataset
-from normserve.models.registry import ArchitectureError, build_model, get_architecture
+from normserve.models.checkpoint import CHECKPOINT_FORMAT, Checkpoint, StateDictReading
+from normserve.models.registry import build_model
 
-__all__ = ["build_eval_model", "parity_inputs", "sha256_file"]
+__all__ = ["build_eval_model", "rebuild", "sha256_file"]
 
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
+PICK = "pick one with --state-dict-key KEY and/or --strip-prefix PREFIX"
 
 
 def sha256_file(path: Path) -> str:
@@ -33,34 +37,66 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _misfit(exc: RuntimeError) -> str:
+    """torch's strict-load error in a few words: the first lines, or the key counts."""
+    text = str(exc)
+    counts = []
+    for kind in ("Missing key(s)", "Unexpected key(s)"):
+        match = re.search(rf"{re.escape(kind)} in state_dict: (.*?)\.(?:\s|$)", text, re.S)
+        if match:
+            keys = re.findall(r'"([^"]+)"', match.group(1))
+            counts.append(f"{len(keys)} {kind.split()[0].lower()} (e.g. {keys[0]!r})")
+    if "size mismatch" in text:
+        counts.append(f"{text.count('size mismatch')} size mismatch(es)")
+    if counts:
+        return ", ".join(counts)
+    lines = text.strip().splitlines() or [first_line(exc)]
+    return " ".join(line.strip() for line in lines[:3])
+
+
+def _loads(model: nn.Module, reading: StateDictReading) -> str | None:
+    """None when ``reading`` loads strictly into ``model``, else why not."""
+    try:
+        model.load_state_dict(reading.state_dict, strict=True)
+    except RuntimeError as exc:
+        return _misfit(exc)
+    return None
+
+
+def rebuild(checkpoint: Checkpoint) -> tuple[nn.Module, StateDictReading]:
+    """The eval-mode model with the one reading that loads strictly, and that reading."""
+    fresh = build_model(checkpoint.arch, checkpoint.arch_config)
+    if len(checkpoint.readings) == 1:
+        (reading,) = checkpoint.readings
+        why = _loads(fresh, reading)
+        if why is not None:
+            hint = "" if checkpoint.source == CHECKPOINT_FORMAT else f"; {PICK}, or check --arch"
+            raise ExportError(f"state_dict does not fit arch {checkpoint.arch!r}: {why}{hint}")
+        return fresh.eval(), reading
+    fits, misfits = [], []
+    for reading in checkpoint.readings:
+        why = _loads(copy.deepcopy(fresh), reading)
+        if why is None:
+            fits.append(reading)
+        else:
+            misfits.append(f"{reading.describe()}: {why}")
+    if len(fits) == 1:
+        model = copy.deepcopy(fresh)
+        model.load_state_dict(fits[0].state_dict, strict=True)
+        return model.eval(), fits[0]
+    if not fits:
+        tried = "; ".join(misfits) or "no dict of tensors in the file"
+        raise ExportError(
+            f"no reading of the checkpoint loads strictly into arch {checkpoint.arch!r} "
+            f"({tried}); {PICK}, or check --arch and --arch-config"
+        )
+    names = ", ".join(r.describe() for r in fits)
+    raise ExportError(
+        f"{len(fits)} readings of the checkpoint load strictly into arch {checkpoint.arch!r} "
+        f"({names}): normserve will not guess; {PICK}"
+    )
+
+
 def build_eval_model(checkpoint: Checkpoint) -> nn.Module:
     """Rebuild the architecture, load the state dict strictly, return it in eval mode."""
-    model = build_model(checkpoint.arch, checkpoint.arch_config)
-    try:
-        model.load_state_dict(checkpoint.state_dict, strict=True)
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines() or [first_line(exc)]
-        detail = " ".join(line.strip() for line in lines[:3])
-        raise ExportError(f"state_dict does not fit arch {checkpoint.arch!r}: {detail}") from exc
-    return model.eval()
-
-
-def parity_inputs(checkpoint: Checkpoint, count: int = 64) -> tuple[torch.Tensor, str]:
-    """Validation inputs from the architecture's dataset when known, else seeded random ones."""
-    shape = list(checkpoint.input.shape)
-    dtype = _TORCH_DTYPES[checkpoint.input.dtype]
-    try:
-        dataset_name = (
-            get_architecture(checkpoint.arch).dataset if ":" not in checkpoint.arch else None
-        )
-    except ArchitectureError:
-        dataset_name = None
-    if dataset_name is not None:
-        metrics = checkpoint.metrics or {}
-        seed = int(metrics.get("seed", 0))
-        val_fraction = float(metrics.get("val_fraction", 0.2))
-        data = load_dataset(dataset_name, seed=seed, val_fraction=val_fraction)
-        if list(data.input_shape) == shape:
-            return data.x_val[:count].to(dtype), f"validation split of {dataset_name}"
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn([count, *shape], generator=generator).to(dtype), "random normal"
+    return rebuild(checkpoint)[0]

@@ -164,15 +164,15 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
         relative_mse = evaluate_reconstruction(model, data.x_val)
         metrics["val_relative_mse"] = relative_mse
         labels = None
-    checkpoint = Checkpoint(
+    checkpoint = Checkpoint.from_state_dict(
         arch=config.arch,
         arch_config={},
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        input=InputSpec(name="input", shape=data.input_shape, dtype="float32"),
+        inputs=[InputSpec(name="input", shape=list(data.input_shape), dtype="float32")],
         labels=labels,
         preprocess={"description": data.description, "applied_in_model": True},
         metrics=metrics,
-        output_name="logits" if architecture.task == "classification" else "reconstruction",
+        output_names=["logits" if architecture.task == "classification" else "reconstruction"],
     )
     return TrainResult(
         checkpoint=checkpoint,

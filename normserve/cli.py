@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from importlib.metadata import version as distribution_version
@@ -12,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from normserve import export_cli as ex
 from normserve.errors import UserError
 from normserve.serve_options import ServeCommand, settings_given
 from normserve.train_display import ARCH_HELP, TrainCommand, complete_architecture, progress_bar
@@ -52,32 +52,6 @@ def _root(
 def _fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
-
-
-def _parse_shape(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        shape = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise UserError(
-            f"--input-shape must be comma-separated integers like 1,8,8, got {text!r}"
-        ) from None
-    if not shape or any(d < 1 for d in shape):
-        raise UserError(f"--input-shape dimensions must be positive, got {text!r}")
-    return shape
-
-
-def _parse_config(text: str | None) -> dict | None:
-    if text is None:
-        return None
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise UserError(f"--arch-config must be a JSON object, got {text!r}: {exc}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"--arch-config must be a JSON object such as {{}}, got {text!r}")
-    return config
 
 
 def _importable_from_cwd() -> None:
@@ -129,27 +103,31 @@ def export_cmd(
     repository: Annotated[Path, typer.Option(help="Model repository directory.")] = Path(
         "model_repository"
     ),
-    name: Annotated[str | None, typer.Option(help="Model name (default: the arch).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: the checkpoint's file name).")
+    ] = None,
     version: Annotated[int | None, typer.Option(min=1, help="Version (default: next).")] = None,
-    arch: Annotated[
-        str | None, typer.Option(help="Registry name or package.module:factory (overrides).")
-    ] = None,
-    arch_config: Annotated[
-        str | None, typer.Option(help="Factory keyword arguments as JSON (overrides).")
-    ] = None,
-    input_shape: Annotated[
-        str | None, typer.Option(help="Per-sample input shape, e.g. 1,8,8 (bare state dicts).")
-    ] = None,
+    arch: ex.Arch = None,
+    arch_config: ex.ArchConfig = None,
+    input_shape: ex.InputShape = None,
+    inputs: ex.Input = None,
+    input_names: ex.InputNames = None,
+    output_names: ex.OutputNames = None,
+    dynamic_axes: ex.DynamicAxes = None,
+    sample_inputs: ex.SampleInputs = None,
+    labels: ex.Labels = None,
+    max_batch_size: ex.MaxBatch = 64,
+    state_dict_key: ex.StateDictKey = None,
+    strip_prefix: ex.StripPrefix = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset, 17..23 (default 18).")] = None,
-    rtol: Annotated[float, typer.Option(min=0.0, help="Parity relative tolerance.")] = 1e-4,
-    atol: Annotated[float, typer.Option(min=0.0, help="Parity absolute tolerance.")] = 1e-5,
+    parity_multiple: ex.ParityMultiple = None,
+    parity_floor: ex.ParityFloor = None,
     no_fold: Annotated[
         bool, typer.Option("--no-fold", help="Freeze every BatchNorm as an affine, fold none.")
     ] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
 ) -> None:
     """Fold and freeze normalization, export to ONNX, prove parity, write a repository entry."""
-    from normserve.export.comparison import Tolerance
     from normserve.export.from_checkpoint import ExportOptions, run_export
     from normserve.export.onnx_export import DEFAULT_OPSET
 
@@ -161,10 +139,19 @@ def export_cmd(
             name=name,
             version=version,
             arch=arch,
-            arch_config=_parse_config(arch_config),
-            input_shape=_parse_shape(input_shape),
+            arch_config=ex.parse_config(arch_config),
+            input_shape=ex.parse_shape(input_shape) if input_shape is not None else None,
+            inputs=ex.parse_inputs(inputs),
+            input_names=ex.parse_names(input_names, "--input-names"),
+            output_names=ex.parse_names(output_names, "--output-names"),
+            dynamic_axes=ex.parse_dynamic_axes(dynamic_axes),
+            sample_inputs=sample_inputs,
+            labels=ex.read_labels(labels),
+            max_batch_size=max_batch_size,
+            state_dict_key=state_dict_key,
+            strip_prefix=strip_prefix,
             opset=opset or DEFAULT_OPSET,
-            tolerance=Tolerance(rtol=rtol, atol=atol),
+            tolerance=ex.tolerance(parity_multiple, parity_floor),
             fold=not no_fold,
             force=force,
         )
@@ -172,80 +159,39 @@ def export_cmd(
             result = run_export(options, step=lambda msg: status.update(msg))
     except UserError as exc:
         raise _fail(str(exc)) from None
-    _print_export(result.metadata)
+    ex.print_export(out, err, result.metadata)
     out.print(f"wrote {result.path}")
-
-
-def _print_parity(parity: dict) -> None:
-    tol = f"rtol {parity['rtol']:g}, atol {parity['atol']:g}"
-    for name, check in parity["checks"].items():
-        if not check.get("ran"):
-            out.print(f"{name}: skipped ({check['skipped']})")
-            continue
-        for key, cmp in check["comparisons"].items():
-            out.print(
-                f"parity {name} {key}: max abs {cmp['max_abs']:.3g}  max rel {cmp['max_rel']:.3g}"
-                f"  ({tol}, batches {parity['batch_sizes']})"
-            )
-        out.print(f"{name}: {'ok' if check['ok'] else 'FAILED'}")
-    if parity.get("argmax_agreement") is not None:
-        out.print(f"argmax agreement {parity['argmax_agreement']:.2%}")
-
-
-def _print_export(metadata: dict) -> None:
-    report = metadata["export"]
-    norm = report["normalization"]
-    folds = ", ".join(f"{k} {v}" for k, v in norm["folded"].items()) or "none"
-    out.print(
-        f"batch norms: {norm['batch_norm_calls']}  folded: {folds}  "
-        f"frozen as affine: {norm['frozen_affine']}"
-    )
-    nodes = norm["batch_normalization_nodes"]
-    out.print(
-        f"BatchNormalization nodes: {nodes['exported']} exported, "
-        f"{nodes['ort_optimized']} after ORT optimization; "
-        f"other norm ops: {norm['remaining_norm_ops'] or 'none'}"
-    )
-    _print_parity(report["parity"])
-    for note in report.get("notes", []):
-        err.print(f"[cyan]note:[/] {note}", highlight=False)
-    for warning in norm["warnings"]:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 @app.command()
 def verify(
     entry: Annotated[Path, typer.Argument(help="Repository entry DIR/NAME/VERSION.")],
     checkpoint: Annotated[Path, typer.Option(help="The checkpoint it was exported from.")],
-    rtol: Annotated[
-        float | None, typer.Option(min=0.0, help="Relative tolerance (default: recorded).")
+    arch: Annotated[
+        str | None,
+        typer.Option(help="The recorded architecture; required to run an import path."),
     ] = None,
-    atol: Annotated[
-        float | None, typer.Option(min=0.0, help="Absolute tolerance (default: recorded).")
-    ] = None,
+    sample_inputs: ex.SampleInputs = None,
+    parity_multiple: ex.ParityMultiple = None,
+    parity_floor: ex.ParityFloor = None,
 ) -> None:
     """Re-run the audit and the parity proof of an existing entry against its checkpoint."""
-    from normserve.export.comparison import Tolerance
     from normserve.export.verify import verify_entry
 
     _importable_from_cwd()
     try:
         tolerance = None
-        if rtol is not None or atol is not None:
-            default = Tolerance()
-            tolerance = Tolerance(
-                rtol=default.rtol if rtol is None else rtol,
-                atol=default.atol if atol is None else atol,
-            )
-        report = verify_entry(entry, checkpoint, tolerance)
+        if parity_multiple is not None or parity_floor is not None:
+            tolerance = ex.tolerance(parity_multiple, parity_floor, recorded_in=entry)
+        report = verify_entry(entry, checkpoint, tolerance, arch=arch, sample_inputs=sample_inputs)
     except UserError as exc:
         raise _fail(str(exc)) from None
     nodes = report.graph["onnx_nodes"].get("BatchNormalization", 0)
     optimized = report.graph["ort_optimized_nodes"].get("BatchNormalization", 0)
     out.print(f"BatchNormalization nodes: {nodes} exported, {optimized} after ORT optimization")
-    _print_parity(report.parity.to_dict())
+    ex.print_parity(out, report.parity.to_dict())
     if report.golden_probe is not None:
-        out.print(f"golden probe: reproduced (max abs {report.golden_probe.max_abs:.3g})")
+        out.print(f"golden probe: reproduced (max abs diff {report.golden_probe:.3g})")
     out.print(f"verified {entry}")
 
 

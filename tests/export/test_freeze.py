@@ -19,6 +19,12 @@ from tests.export.test_fold import randomize_, randomize_bn
 RTOL, ATOL = 1e-4, 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test draws its inputs from the same seed: a comparison that passes, passes always."""
+    torch.manual_seed(0)
+
+
 def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
     randomize_(model, seed)
     for i, m in enumerate(model.modules()):
@@ -435,4 +441,5 @@ def test_instance_norm_with_running_stats_folds_and_per_sample_norms_stay():
     _, report = _check_equal(model, torch.randn(2, 3, 5, 5))
     assert report.folded == {"conv2d+instancenorm": 1}
     assert report.instance_norm_running_stats_calls == 1
-    assert report.other_norms == {"GroupNorm": 1, "InstanceNorm2d": 1, "LayerNorm": 1}
+    # Counted per call, by kind: the running-stats InstanceNorm is an affine (folded above).
+    assert report.other_norms == {"GroupNorm": 1, "InstanceNorm": 1, "LayerNorm": 1}

@@ -61,7 +61,8 @@ def rewrite(source: Path, target: Path, change) -> Path:
 
 
 def _rename_keys(raw: dict) -> None:
-    raw["state_dict"] = {f"module.{k}": v for k, v in raw["state_dict"].items()}
+    # A prefix no wrapper writes (module., model. and _orig_mod. are read: test_rebuild.py).
+    raw["state_dict"] = {f"net.{k}": v for k, v in raw["state_dict"].items()}
 
 
 def _drop_key(raw: dict) -> None:
@@ -295,3 +296,86 @@ def test_an_existing_version_is_not_replaced_without_force(
     assert "already exists; pass --force" in one_error_line(result)
     assert {p: p.read_bytes() for p in (repository / "digits" / "1").iterdir()} == before
     assert json.loads((repository / "digits" / "1" / "model.json").read_text())["version"] == 1
+
+
+# --- the options that describe a user's model (issue 11) ---------------------------------------
+
+
+@pytest.fixture
+def training_dict(tmp_path: Path) -> Path:
+    """A usual training checkpoint of a user architecture: two readings that both load."""
+    from tests.export.user_models import trained_tiny_net
+
+    state = trained_tiny_net(width=4, classes=3).state_dict()
+    path = tmp_path / "training.pt"
+    torch.save({"epoch": 2, "model_state_dict": state, "ema_state_dict": state}, path)
+    return path
+
+
+USER = ["--arch", "tests.export.user_models:tiny_net", "--arch-config", '{"width": 4}']
+
+
+SHAPE = ["--input-shape", "3,8,8"]
+KEY = ["--state-dict-key", "model_state_dict"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (SHAPE, "2 readings of the checkpoint load strictly"),
+        ([*SHAPE, "--state-dict-key", "weights"], "--state-dict-key 'weights' is not in"),
+        ([*SHAPE, "--state-dict-key", "epoch"], "is not a dict of parameter names to tensors"),
+        ([*SHAPE, "--strip-prefix", "backbone."], "--strip-prefix 'backbone.': no key"),
+        ([*KEY, "--input", "image"], "--input must be NAME:SHAPE or NAME:SHAPE:DTYPE"),
+        ([*KEY, "--input", "image:3,x,8"], "--input image:3,x,8 must be comma-separated"),
+        ([*KEY, "--input", "image:3,8,8:float8"], "dtype 'float8' is not supported"),
+        ([*KEY, *SHAPE, "--input", "image:3,8,8"], "not both"),
+        ([*KEY, *SHAPE, "--dynamic-axes", "image:0"], "--dynamic-axes must be"),
+        ([*KEY, *SHAPE, "--dynamic-axes", "x:2"], "--dynamic-axes x: no such input"),
+        ([*KEY, *SHAPE, "--dynamic-axes", "4"], "dynamic axis 4 is not an axis"),
+        ([*KEY, *SHAPE, "--input-names", "a,b"], "--input-names gives 2 name(s)"),
+        ([*KEY, *SHAPE, "--output-names", "a,b"], "2 output name(s) given"),
+        ([*KEY, *SHAPE, "--output-names", "9x"], "output name '9x' is not usable"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_options_describing_the_model_are_one_line_and_write_nothing(
+    runner, training_dict: Path, tmp_path: Path, extra: list[str], needle: str
+):
+    repository = tmp_path / "repo"
+    line = one_error_line(export(runner, training_dict, repository, *USER, *extra))
+    assert needle in line
+    assert tree(repository) == []
+
+
+def test_bad_labels_and_sample_files_are_one_line(runner, training_dict: Path, tmp_path: Path):
+    import numpy as np
+
+    repository = tmp_path / "repo"
+    base = [*USER, "--state-dict-key", "model_state_dict", "--input-shape", "3,8,8"]
+    empty, wrong_count, not_json = (
+        tmp_path / "empty.txt",
+        tmp_path / "four.txt",
+        tmp_path / "l.json",
+    )
+    empty.write_text("\n  \n")
+    wrong_count.write_text("a\nb\nc\nd\n")
+    not_json.write_text("{nope")
+    pickled, misnamed, misshaped = (tmp_path / n for n in ("p.npz", "m.npz", "s.npz"))
+    np.savez(pickled, input=np.array([{"code": 1}], dtype=object))
+    np.savez(misnamed, image=np.zeros((4, 3, 8, 8), np.float32), other=np.zeros((4, 1)))
+    np.savez(misshaped, input=np.zeros((4, 3, 9, 8), np.float32))
+    cases = [
+        (["--labels", str(empty)], "holds no labels"),
+        (["--labels", str(wrong_count)], "4 labels for the 3 classes of output 'output'"),
+        (["--labels", str(not_json)], "not JSON"),
+        (["--labels", str(tmp_path / "missing.txt")], "cannot read"),
+        (["--sample-inputs", str(pickled)], "not a readable .npz of arrays"),
+        (["--sample-inputs", str(misnamed)], "not the inputs ['input']"),
+        (["--sample-inputs", str(misshaped)], "has samples of shape [3, 9, 8], the input takes"),
+        (["--sample-inputs", str(tmp_path / "none.npz")], "not a readable .npz"),
+    ]
+    for extra, needle in cases:
+        line = one_error_line(export(runner, training_dict, repository, *base, *extra))
+        assert needle in line, (extra, line)
+        assert tree(repository) == []
