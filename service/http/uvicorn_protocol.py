@@ -48,6 +48,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from normserve.service.errors import ServeError, render
 from normserve.service.http.client_watch import CLIENT_WATCH, ClientWatch
+from normserve.service.http.heap_trim import HeapTrimmer
 from normserve.service.settings import Settings
 
 __all__ = [
@@ -99,28 +100,36 @@ class _Refused(Exception):
 
 
 class _GatedFlow(FlowControl):
-    """uvicorn's flow control, except that reading resumes only when the protocol allows it."""
+    """uvicorn's flow control, except that reading resumes only when the protocol allows it.
+    ``detach`` ends the protocol's reference cycle with it when the connection is lost."""
 
     def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
         super().__init__(transport)
-        self._protocol = protocol
+        self._protocol: GuardedHttpToolsProtocol | None = protocol
 
     def resume_reading(self) -> None:
-        if self.read_paused and self._protocol.may_read():
+        protocol = self._protocol
+        if self.read_paused and protocol is not None and protocol.may_read():
             super().resume_reading()
-            self._protocol.reading_resumed()
+            protocol.reading_resumed()
+
+    def detach(self) -> None:
+        self._protocol = None
 
 
 def protocol_class(settings: Settings) -> type[GuardedHttpToolsProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to these settings."""
     limits = ConnectionLimits.from_settings(settings)
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    attributes = {"limits": limits, "trimmer": HeapTrimmer()}
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attributes)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """One connection; ``limits`` is set on the subclass that ``protocol_class`` makes."""
+    """One connection; ``limits`` (and the server's ``trimmer``) are set on the subclass that
+    ``protocol_class`` makes."""
 
     limits: ClassVar[ConnectionLimits]
+    trimmer: ClassVar[HeapTrimmer]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,6 +157,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.trimmer.opened()
         self.flow = _GatedFlow(transport, self)
         transport.set_write_buffer_limits(high=self.limits.max_unsent_bytes)
         self._head_deadline = self.loop.time() + self.limits.header_timeout_s
@@ -162,9 +172,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._abandon(cycle)
         self.pipeline.clear()
         self._running = None
+        if isinstance(self.flow, _GatedFlow):
+            self.flow.detach()  # no cycle left for the garbage collector to find
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.trimmer.closed(self.loop)
 
     def eof_received(self) -> bool | None:
         """``True`` keeps the connection open to answer a client that half-closed."""
