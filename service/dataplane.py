@@ -234,7 +234,7 @@ async def infer(
 
     def decode(model: LoadedModel) -> InferRequest | Awaitable[InferRequest]:
         if offload is not None and json_part(body, header_length) >= OFFLOAD_BYTES:
-            return offload.infer_request(model.config, body, header_length)
+            return offload.infer_request(model, body, header_length)
         header, binary = split_body(body, header_length)
         booleans = json_booleans_possible(header)
         return decode_infer_request(
@@ -267,7 +267,7 @@ async def predict(
 
     def decode(model: LoadedModel) -> PredictRequest | Awaitable[PredictRequest]:
         if offload is not None and len(body) >= OFFLOAD_BYTES:
-            return offload.predict_request(model.config, body, default_top_k)
+            return offload.predict_request(model, body, default_top_k)
         return decode_predict_request(parse_json_body(body), model, default_top_k)
 
     def encode(

@@ -47,9 +47,15 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class ModelView:
-    """What decoding reads of a loaded model, without its session: picklable."""
+    """What decoding reads of a loaded model, without its session: picklable. ``of`` takes it
+    from a loaded model (axes the graph ties together included, when the model knows them)."""
 
     config: ModelConfig
+    tied_axes: tuple[tuple[tuple[str, int], ...], ...] = ()
+
+    @classmethod
+    def of(cls, model: Any) -> ModelView:
+        return cls(model.config, tuple(getattr(model, "tied_axes", ())))
 
     @property
     def name(self) -> str:
@@ -66,20 +72,20 @@ class ModelView:
         return next((s for s in self.config.outputs if s.name == name), None)
 
 
-def _decode_v2(config: ModelConfig, body: bytes, header_length: str | None) -> InferRequest:
+def _decode_v2(model: ModelView, body: bytes, header_length: str | None) -> InferRequest:
     """In the worker: what ``dataplane.infer`` decodes in the server for a small body."""
     header, binary = split_body(body, header_length)
     return decode_infer_request(
         parse_json_body(header),
-        ModelView(config),  # type: ignore[arg-type]
+        model,  # type: ignore[arg-type]
         binary,
         booleans_possible=json_booleans_possible(header),
     )
 
 
-def _decode_v1(config: ModelConfig, body: bytes, default_top_k: int) -> PredictRequest:
+def _decode_v1(model: ModelView, body: bytes, default_top_k: int) -> PredictRequest:
     """In the worker: what ``dataplane.predict`` decodes in the server for a small body."""
-    return decode_predict_request(parse_json_body(body), ModelView(config), default_top_k)  # type: ignore[arg-type]
+    return decode_predict_request(parse_json_body(body), model, default_top_k)  # type: ignore[arg-type]
 
 
 def json_part(body: bytes, header_length: str | None) -> int:
@@ -98,14 +104,14 @@ class JsonOffload:
         self._lock = threading.Lock()
 
     async def infer_request(
-        self, config: ModelConfig, body: bytes, header_length: str | None
+        self, model: Any, body: bytes, header_length: str | None
     ) -> InferRequest:
-        return await self._run(_decode_v2, config, body, header_length)
+        """``decode_infer_request`` of ``body`` for ``model`` (a loaded model), in the worker."""
+        return await self._run(_decode_v2, ModelView.of(model), body, header_length)
 
-    async def predict_request(
-        self, config: ModelConfig, body: bytes, default_top_k: int
-    ) -> PredictRequest:
-        return await self._run(_decode_v1, config, body, default_top_k)
+    async def predict_request(self, model: Any, body: bytes, default_top_k: int) -> PredictRequest:
+        """``decode_predict_request`` of ``body`` for ``model``, in the worker."""
+        return await self._run(_decode_v1, ModelView.of(model), body, default_top_k)
 
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
         pool = self._worker()

@@ -26,7 +26,7 @@ from normserve.service.codecs.offload import JsonOffload
 from normserve.service.dataplane import InferOutcome
 from normserve.service.errors import RawHeaders, render
 from normserve.service.http.auth import BearerKey
-from normserve.service.http.body import read_body
+from normserve.service.http.body import BodyGate, read_body
 from normserve.service.http.client_watch import CLIENT_WATCH, ClientWatch
 from normserve.service.http.codings import choose_encoding, compress, decompress
 from normserve.service.runtime.state import Runtime
@@ -82,13 +82,15 @@ async def answer(
     model: str,
     version: str | None,
     offload: JsonOffload | None = None,
+    gate: BodyGate | None = None,
 ) -> tuple[int, RawHeaders, bytes]:
     """Status, headers and body for one inference request; every failure through ``render``.
-    ``offload`` decodes large JSON bodies beside the server's process."""
+    ``offload`` decodes large JSON bodies beside the server's process; ``gate`` bounds the large
+    bodies held and inflated at once."""
     headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
     try:
         outcome, name, number = await _infer(
-            runtime, api_key, receive, headers, protocol, model, version, scope, offload
+            runtime, api_key, receive, headers, protocol, model, version, scope, offload, gate
         )
     except ClientGone:
         return CLIENT_GONE, [], b""
@@ -131,16 +133,43 @@ async def _infer(
     version: str | None,
     scope: Scope,
     offload: JsonOffload | None,
+    gate: BodyGate | None,
 ) -> tuple[InferOutcome, str, int]:
-    span = scope.get("state", {}).get("span")  # the request's server span when tracing is on
     if api_key is not None:
         api_key.check(headers.get(b"authorization"))
     runtime.require_ready().get(model, version)  # 404 before reading a large body
+    if gate is None or not gate.is_large(headers.get(b"content-length")):
+        return await _serve(
+            runtime, receive, headers, protocol, model, version, scope, offload, gate
+        )
+    async with gate.bodies:
+        return await _serve(
+            runtime, receive, headers, protocol, model, version, scope, offload, gate
+        )
+
+
+async def _serve(
+    runtime: Runtime,
+    receive: Receive,
+    headers: dict[bytes, str],
+    protocol: Protocol,
+    model: str,
+    version: str | None,
+    scope: Scope,
+    offload: JsonOffload | None,
+    gate: BodyGate | None,
+) -> tuple[InferOutcome, str, int]:
+    """Read, inflate and decode the body, then wait for the answer (or the client leaving)."""
+    span = scope.get("state", {}).get("span")  # the request's server span when tracing is on
     limit = runtime.settings.max_body_bytes
     body = await read_body(receive, headers.get(b"content-length"), limit)
     coding = headers.get(b"content-encoding")
     if coding is not None and len(body) > INFLATE_ON_LOOP_BYTES:
-        body = await asyncio.to_thread(decompress, body, coding, limit)
+        if gate is None:
+            body = await asyncio.to_thread(decompress, body, coding, limit)
+        else:
+            async with gate.inflating:
+                body = await asyncio.to_thread(decompress, body, coding, limit)
     else:
         body = decompress(body, coding, limit)
     # The newest after any swap. Not require_ready(): a request admitted before a drain began
@@ -192,6 +221,7 @@ class FastPath:
         self.runtime = runtime
         self.api_key = api_key
         self.offload = JsonOffload()
+        self.gate = BodyGate()
         # The stack is built on the first request, after every route was added.
         self.routes = [
             (route, _INFERENCE[route.endpoint])
@@ -218,6 +248,7 @@ class FastPath:
                     params["model_name"],
                     params.get("version"),
                     self.offload,
+                    self.gate,
                 )
                 headers.append((b"content-length", str(len(body)).encode()))
                 await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -24,7 +24,7 @@ log = logging.getLogger("normserve.service")
 
 BURST = 256
 DELAY_S = 1.0
-MIN_INTERVAL_S = 30.0
+MIN_INTERVAL_S = 5.0
 
 
 def _load_trim() -> Callable[[int], int] | None:
