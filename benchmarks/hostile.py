@@ -369,7 +369,7 @@ ATTACKS: dict[str, Callable[[int, float], dict[str, Any]]] = {
     "big_bodies": _big_bodies,
     "slow_header": _dribble(
         b"POST /v2/models/dense/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
-        + b"s" * 200
+        + b"s" * 1000
         + b"\r\n\r\n",
         0,
     ),

@@ -9,15 +9,18 @@ same) against a ``ModelView`` of the model's config; the decoded arrays come bac
 the text. The server process spends only the copies of the body out and the arrays back.
 
 One worker (started on first use, with ``forkserver``: the server has threads that ``fork``
-must not copy), so large bodies also queue behind each other instead of taking every core.
+must not copy), at a lower scheduling priority than the server, so large bodies also queue
+behind each other instead of taking every core.
 A worker that dies (out of memory on a hostile body) is replaced; its request gets a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -88,6 +91,12 @@ def _decode_v1(model: ModelView, body: bytes, default_top_k: int) -> PredictRequ
     return decode_predict_request(parse_json_body(body), model, default_top_k)  # type: ignore[arg-type]
 
 
+def _lower_priority() -> None:
+    """In the worker: yield the CPU to the server's event loop and inference (niceness +10)."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
 def json_part(body: bytes, header_length: str | None) -> int:
     """How many bytes of a V2 body are JSON (all of it, unless the binary extension says)."""
     if header_length is None:
@@ -129,7 +138,9 @@ class JsonOffload:
         with self._lock:
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=context, initializer=_lower_priority
+                )
             return self._pool
 
     def close(self) -> None:

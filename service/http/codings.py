@@ -31,14 +31,28 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
     return inflated
 
 
+_PIECE = 1 << 20  # inflated a MiB at a time: a bomb is refused before one big buffer exists
+
+
 def _inflate(body: bytes, wbits: int, limit: int, coding: str) -> bytes | None:
     inflater = zlib.decompressobj(wbits)
+    pieces: list[bytes] = []
+    size = 0
+    pending = body
     try:
-        data = inflater.decompress(body, limit + 1)
+        while True:
+            piece = inflater.decompress(pending, _PIECE)
+            pending = inflater.unconsumed_tail
+            size += len(piece)
+            if size > limit:
+                raise PayloadTooLarge(f"request body inflates past the limit of {limit} bytes")
+            if piece:
+                pieces.append(piece)
+            if inflater.eof or len(piece) < _PIECE:  # a full piece may have more behind it
+                break
     except zlib.error:
         return None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"request body inflates past the limit of {limit} bytes")
+    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     if not inflater.eof or inflater.unused_data:
         return None if not data else _truncated(coding)
     return data

@@ -142,7 +142,7 @@ async def _infer(
         return await _serve(
             runtime, receive, headers, protocol, model, version, scope, offload, gate
         )
-    async with gate.bodies:
+    async with gate.large_body():
         return await _serve(
             runtime, receive, headers, protocol, model, version, scope, offload, gate
         )
@@ -168,8 +168,7 @@ async def _serve(
         if gate is None:
             body = await asyncio.to_thread(decompress, body, coding, limit)
         else:
-            async with gate.inflating:
-                body = await asyncio.to_thread(decompress, body, coding, limit)
+            body = await gate.inflate(body, coding, limit)
     else:
         body = decompress(body, coding, limit)
     # The newest after any swap. Not require_ready(): a request admitted before a drain began

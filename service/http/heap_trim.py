@@ -3,8 +3,10 @@
 Thousands of connections opened at once leave the C allocator (glibc) holding the freed memory
 of their transports, parsers and buffers in its free lists, scattered between blocks still in
 use: it stays resident although nothing uses it (about 23 MiB after 2,000 connections).
+Large bodies (tens of MiB read, inflated and decoded by several threads) leave the same.
 ``malloc_trim(0)`` hands those free pages back. ``HeapTrimmer`` asks for it once the open
-connections fall to a quarter of their peak (and at least 256 fewer than the peak), at most
+connections fall to a quarter of their peak (and at least 256 fewer than the peak), or when
+the last large body in flight has been served (``soon``), at most
 once every ``MIN_INTERVAL_S``, a moment after the closing (``DELAY_S``), on the event loop; it
 costs milliseconds and happens only after such bursts. Elsewhere than glibc it does nothing.
 """
@@ -60,8 +62,13 @@ class HeapTrimmer:
 
     def closed(self, loop: asyncio.AbstractEventLoop) -> None:
         self._open -= 1
-        burst_over = self._peak - self._open >= BURST and self._open * 4 <= self._peak
-        if burst_over and self._trim is not None and not self._scheduled:
+        if self._peak - self._open >= BURST and self._open * 4 <= self._peak:
+            self.soon(loop)
+
+    def soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Trim in a moment (and not within ``MIN_INTERVAL_S`` of the last trim): after a
+        burst of connections, or after the last of some large bodies was served."""
+        if self._trim is not None and not self._scheduled:
             self._scheduled = True
             wait = max(DELAY_S, self._last + MIN_INTERVAL_S - time.monotonic())
             loop.call_later(wait, self._run)
