@@ -4,6 +4,7 @@ only, `make test` the dev extra on top, each with its own stamp in the shared .v
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -25,8 +26,16 @@ def clone(tmp_path: Path) -> Path:
 
 
 def dry_run(folder: Path, target: str) -> list[str]:
+    # Run as a top-level make even when the suite itself runs under `make test` (CI): a
+    # nested make would print "Entering/Leaving directory" lines around the commands.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
     result = subprocess.run(
-        ["make", "--dry-run", target], cwd=folder, capture_output=True, text=True, check=False
+        ["make", "--no-print-directory", "--dry-run", target],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()

@@ -126,10 +126,11 @@ def test_repository_api_refuses_names_outside_the_repository(healthy_after, name
         assert_error(response, status, expected)
 
 
-def test_a_url_longer_than_the_http_parser_takes_is_a_json_400(healthy_after):
-    """uvicorn refuses it before the app sees it; the body is still ``{"error"}``."""
+def test_a_url_longer_than_the_head_limit_is_a_json_431(healthy_after):
+    """The protocol refuses it before the app sees it (the request line counts toward
+    ``NORMSERVE_MAX_HEADER_BYTES``); the body is still ``{"error"}``."""
     response = exchange(port_of(healthy_after), request_bytes("GET", "/v2/models/" + "m" * 200_000))
-    assert_error(response, 400, "malformed HTTP request")
+    assert_error(response, 431, "NORMSERVE_MAX_HEADER_BYTES")
     assert response.headers["connection"] == "close"
 
 
