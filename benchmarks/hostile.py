@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.context import Context, run_benchmark
+from benchmarks.context import RESULTS_DIR, Context, run_benchmark
 from benchmarks.http_client import HttpConnection, HttpError, ResponseParser, encode_request
 from benchmarks.server_process import HOST, running_server
 from benchmarks.stats import summarize_latencies
@@ -422,28 +422,58 @@ def measure(ctx: Context, only: list[str] | None = None) -> dict[str, Any]:
 
 
 def chart(result: dict[str, Any], path: Path) -> bool:
+    """Per attack: the well-behaved client's p99 and the server's peak memory, quiet and under
+    attack (and under the same attack before the change, when ``result["before"]`` has it)."""
     from benchmarks.charts import figure, save
 
     attacks = result["attacks"]
+    before = result.get("before", {}).get("attacks", {})
     names = list(attacks)
     if not names:
         return False
+    bars = [("quiet", attacks, "baseline", "#9ecae1")]
+    if before:
+        bars.append(("attack, before", before, "attack", "#d62728"))
+    bars.append(("attack" + (", after" if before else ""), attacks, "attack", "#2ca02c"))
     fig, axes = figure(1, 2, width=7.0)
     xs = np.arange(len(names))
-    for offset, phase, color in ((-0.25, "baseline", "#9ecae1"), (0.0, "attack", "#d62728"),
-                                 (0.25, "after", "#2ca02c")):  # fmt: skip
-        p99 = [(attacks[n]["phases"][phase]["latency_ms"] or {}).get("p99", 0.0) for n in names]
-        rss = [attacks[n]["phases"][phase]["rss_mib_max"] or 0.0 for n in names]
-        axes[0][0].bar(xs + offset, p99, 0.25, label=phase, color=color)
-        axes[0][1].bar(xs + offset, rss, 0.25, label=phase, color=color)
+    width = 0.8 / len(bars)
+    for i, (label, source, phase, color) in enumerate(bars):
+        rows = [source.get(n, {}).get("phases", {}).get(phase, {}) for n in names]
+        p99 = [(r.get("latency_ms") or {}).get("p99", 0.0) for r in rows]
+        rss = [r.get("rss_mib_max") or 0.0 for r in rows]
+        offset = (i - (len(bars) - 1) / 2) * width
+        axes[0][0].bar(xs + offset, p99, width, label=label, color=color)
+        axes[0][1].bar(xs + offset, rss, width, label=label, color=color)
     for ax, label in ((axes[0][0], "well-behaved client p99 (ms, log)"),
-                      (axes[0][1], "server RSS, max in phase (MiB)")):  # fmt: skip
+                      (axes[0][1], "server RSS, peak in phase (MiB)")):  # fmt: skip
         ax.set_xticks(xs, names, rotation=30, ha="right")
         ax.set_ylabel(label)
         ax.legend()
     axes[0][0].set_yscale("log")
     save(fig, path, "Hostile clients: what one attacker costs everyone else", result)
     return True
+
+
+def merge(runs: list[Path], before: list[Path], out: Path) -> None:
+    """One record from several runs (later ones replace an attack of earlier ones), with the
+    runs of the code before the change under ``before``; writes ``out`` and its chart."""
+
+    def attacks(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+        merged: dict[str, Any] = {}
+        last: dict[str, Any] = {}
+        for path in paths:
+            last = json.loads(path.read_text())
+            merged.update(last["attacks"])
+        return last, merged
+
+    result, merged = attacks(runs)
+    result["attacks"] = merged
+    if before:
+        old, old_attacks = attacks(before)
+        result["before"] = {"created": old["created"], "attacks": old_attacks}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    chart(result, out.with_suffix(".png"))
 
 
 class _Bench:
@@ -467,7 +497,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attack", default=None, help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="merge these result files (later replace earlier) into --results/hostile.json",
+    )
+    parser.add_argument(
+        "--before", nargs="*", type=Path, default=[], help="with --merge: runs of the old code"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.before, (args.results or RESULTS_DIR) / f"{NAME}.json")
+        return 0
     if args.attack is not None:
         print(json.dumps(ATTACKS[args.attack](args.port, args.seconds)))
         return 0
