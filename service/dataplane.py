@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -173,7 +173,7 @@ async def run(
     start = time.perf_counter()
     try:
         request = decode(servable.model)
-        if inspect.isawaitable(request):
+        if asyncio.iscoroutine(request):  # cheaper than inspect.isawaitable on the hot path
             request = await request
         decoded = time.perf_counter()
         result = await servable.batcher.submit(

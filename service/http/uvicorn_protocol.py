@@ -6,8 +6,9 @@ forever for a slow head or body. This subclass keeps uvicorn's parser and reques
 bounds each connection (``ConnectionLimits``, from the settings):
 
 - **Head.** The request line and headers together are counted as they arrive, before the
-  parser holds them in full: past ``max_header_bytes``, or past ``max_header_count`` header
-  fields, the answer is 431.
+  parser holds them in full: past ``max_header_bytes`` the answer is 431, and so it is for a
+  head of more than ``max_header_count`` fields (counted once the head is complete: the byte
+  bound already keeps it small).
 - **Time.** A head must be complete within ``header_timeout_s`` of the connection being ready
   for it (opened, or its previous answer sent), and each 64 KiB of a body (or the rest of it)
   must arrive within ``body_timeout_s``; time during which the server itself was not reading
@@ -137,7 +138,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._message_begun = False  # some of the current message has arrived
         self._head_bytes = 0
         self._head_tail = b""  # the last bytes of the head so far: a terminator may straddle
-        self._header_count = 0
         self._completed_in_feed = False
         self._refusal: tuple[int, str] | None = None  # set by a parser callback
         self._pending_refusal: tuple[int, str] | None = None  # after the answers before it
@@ -271,21 +271,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._message_begun = True
         self.scope[CLIENT_WATCH] = ClientWatch()  # type: ignore[typeddict-unknown-key]
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_header_count:
+    def on_headers_complete(self) -> None:
+        # Counted here, not per header: the byte bound already keeps the list small.
+        if len(self.headers) > self.limits.max_header_count:
             self._refusal = (
                 431,
                 f"more than {self.limits.max_header_count} header fields "
                 "(NORMSERVE_MAX_HEADER_COUNT)",
             )
             raise _Refused
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
         super().on_headers_complete()
         self._in_head = False
-        self._head_bytes = self._header_count = 0
+        self._head_bytes = 0
         self._body_deadline = self.loop.time() + self.limits.body_timeout_s
         self._body_progress = 0
         self._arm(self._body_deadline)
