@@ -266,6 +266,12 @@ class ModelConfig:
     golden_probe: GoldenProbe | None = None
     batching: BatchingOverrides = field(default_factory=BatchingOverrides)
 
+    def input_spec(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.inputs if s.name == name), None)
+
+    def output_spec(self, name: str) -> TensorSpec | None:
+        return next((s for s in self.outputs if s.name == name), None)
+
     def to_json(self) -> dict[str, Any]:
         """The ``model.json`` document (the shape ``parse_model_json`` reads back)."""
         document: dict[str, Any] = {

@@ -25,6 +25,7 @@ from normserve.service.codecs.v2 import (
     InferRequest,
     OutputRequest,
     bytes_payload,
+    check_output_name,
     check_parameters,
     check_raw_values,
     check_shape,
@@ -149,15 +150,7 @@ def _requested_outputs(
     for index, item in enumerate(outputs):
         field = f"outputs[{index}]"
         name = item.name
-        spec = model.output_spec(name)
-        if spec is None:
-            known = [s.name for s in model.config.outputs]
-            raise BadRequest(
-                f"{field}.name: unknown output {name[:64]!r}; model outputs are {known}"
-            )
-        if name in seen:
-            raise BadRequest(f"{field}.name: {name!r} is requested twice")
-        seen.add(name)
+        spec = check_output_name(model, name, field, seen)
         parameters = check_parameters(parameter_values(item.parameters), f"{field}.parameters")
         unknown = set(parameters) - {"classification"}
         if unknown:

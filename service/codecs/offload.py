@@ -69,10 +69,10 @@ class ModelView:
         return self.config.version
 
     def input_spec(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.config.inputs if s.name == name), None)
+        return self.config.input_spec(name)
 
     def output_spec(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.config.outputs if s.name == name), None)
+        return self.config.output_spec(name)
 
 
 def _decode_v2(model: ModelView, body: bytes, header_length: str | None) -> InferRequest:

@@ -32,6 +32,7 @@ __all__ = [
     "InferRequest",
     "OutputRequest",
     "bytes_payload",
+    "check_output_name",
     "check_parameters",
     "check_raw_values",
     "check_shape",
@@ -323,15 +324,7 @@ def _requested_outputs(
         name = item.get("name") if isinstance(item, dict) else None
         if not isinstance(name, str):
             raise BadRequest(f"{field}.name: expected a string")
-        spec = model.output_spec(name)
-        if spec is None:
-            known = [s.name for s in model.config.outputs]
-            raise BadRequest(
-                f"{field}.name: unknown output {name[:64]!r}; model outputs are {known}"
-            )
-        if name in seen:
-            raise BadRequest(f"{field}.name: {name!r} is requested twice")
-        seen.add(name)
+        spec = check_output_name(model, name, field, seen)
         parameters = check_parameters(item.get("parameters"), f"{field}.parameters")  # type: ignore[union-attr]
         unknown = set(parameters) - {"binary_data", "classification"}
         if unknown:
@@ -352,6 +345,18 @@ def _requested_outputs(
             )
         requested.append(OutputRequest(name, binary, classes))
     return requested
+
+
+def check_output_name(model: LoadedModel, name: str, field: str, seen: set[str]) -> TensorSpec:
+    """The spec of a requested output: a model output, not requested before (``seen`` grows)."""
+    spec = model.output_spec(name)
+    if spec is None:
+        known = [s.name for s in model.config.outputs]
+        raise BadRequest(f"{field}.name: unknown output {name[:64]!r}; model outputs are {known}")
+    if name in seen:
+        raise BadRequest(f"{field}.name: {name!r} is requested twice")
+    seen.add(name)
+    return spec
 
 
 def decode_infer_request(

@@ -13,6 +13,7 @@ through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from typing import TypeVar
@@ -138,11 +139,8 @@ async def _infer(
     if api_key is not None:
         api_key.check(headers.get(b"authorization"))
     runtime.require_ready().get(model, version)  # 404 before reading a large body
-    if gate is None or not gate.is_large(headers.get(b"content-length")):
-        return await _serve(
-            runtime, receive, headers, protocol, model, version, scope, offload, gate
-        )
-    async with gate.large_body():
+    large = gate is not None and gate.is_large(headers.get(b"content-length"))
+    async with gate.large_body() if large else contextlib.nullcontext():  # type: ignore[union-attr]
         return await _serve(
             runtime, receive, headers, protocol, model, version, scope, offload, gate
         )

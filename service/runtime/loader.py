@@ -42,10 +42,10 @@ class LoadedModel:
         return self.config.version
 
     def input_spec(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.config.inputs if s.name == name), None)
+        return self.config.input_spec(name)
 
     def output_spec(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.config.outputs if s.name == name), None)
+        return self.config.output_spec(name)
 
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         """Run the graph; ``outputs`` are names from the config, returned in that order."""
