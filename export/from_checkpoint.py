@@ -14,13 +14,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from normserve.export.comparison import Tolerance
 from normserve.export.entry import DEFAULT_MAX_BATCH_SIZE, ExportResult, write_export
 from normserve.export.errors import ExportError
 from normserve.export.inputs import ProofInputs, checkpoint_inputs, read_sample_inputs
 from normserve.export.module_export import export_module
 from normserve.export.onnx_export import DEFAULT_OPSET
-from normserve.export.rebuild import rebuild, sha256_file
+from normserve.export.rebuild import float_dtype, rebuild, sha256_file
 from normserve.model_repository import is_model_name, plan_entry
 from normserve.models.checkpoint import Checkpoint, InputSpec, load_checkpoint
 
@@ -101,6 +103,17 @@ def _renamed(specs: list[InputSpec], options: ExportOptions) -> list[InputSpec]:
     return specs
 
 
+def _in_model_dtype(specs: list[InputSpec], model: nn.Module, say: Step) -> list[InputSpec]:
+    """float32 inputs (the default) of a model whose weights are all another float dtype take
+    that dtype: a float16 model is fed float16, as its eager forward needs."""
+    dtype = float_dtype(model.parameters())
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    if name == "float32" or not any(s.dtype == "float32" for s in specs):
+        return specs
+    say(f"the model's weights are {name}: its float32 inputs take {name}")
+    return [replace(s, dtype=name) if s.dtype == "float32" else s for s in specs]
+
+
 def _proof_inputs(checkpoint: Checkpoint, options: ExportOptions) -> tuple[Checkpoint, ProofInputs]:
     if options.sample_inputs is None:
         return checkpoint, checkpoint_inputs(checkpoint)
@@ -130,6 +143,7 @@ def run_export(options: ExportOptions, step: Step | None = None) -> ExportResult
 
     say(f"rebuilding {checkpoint.arch}")
     original, reading = rebuild(checkpoint)
+    checkpoint = replace(checkpoint, inputs=_in_model_dtype(list(checkpoint.inputs), original, say))
     checkpoint, proof = _proof_inputs(checkpoint, options)
     labels = options.labels if options.labels is not None else checkpoint.labels
     result = export_module(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 
 import onnx
@@ -102,13 +103,24 @@ def export_onnx(
                 optimize=optimize,
                 external_data=False,
             )
-    except Exception as exc:  # the exporter raises a zoo of types; keep the first line
-        raise ExportError(f"torch.onnx.export failed: {first_line(exc)}") from exc
+    except Exception as exc:  # the exporter raises a zoo of types; keep the cause's line
+        raise ExportError(f"torch.onnx.export failed: {exporter_reason(exc)}") from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
     proto.producer_name = "normserve"
     return proto
+
+
+def exporter_reason(exc: BaseException) -> str:
+    """The line of an exporter error that says what went wrong: its "Exception summary" (the
+    first line is a generic "Failed to ... This is step 2/3" banner), else its first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    summary = re.search(r"## Exception summary\s*\n\s*(?:<class '([\w.]+)'>: )?(.+)", text)
+    if summary:
+        kind = (summary.group(1) or "").rsplit(".", 1)[-1]
+        return f"{kind}: {summary.group(2).strip()}" if kind else summary.group(2).strip()
+    return first_line(exc)
 
 
 def graph_shapes(proto: onnx.ModelProto, kind: str) -> dict[str, tuple[int, ...]]:

@@ -16,6 +16,7 @@ import hashlib
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from normserve.errors import first_line
@@ -23,7 +24,7 @@ from normserve.export.errors import ExportError
 from normserve.models.checkpoint import CHECKPOINT_FORMAT, Checkpoint, StateDictReading
 from normserve.models.registry import build_model
 
-__all__ = ["build_eval_model", "rebuild", "sha256_file"]
+__all__ = ["build_eval_model", "float_dtype", "rebuild", "sha256_file"]
 
 PICK = "pick one with --state-dict-key KEY and/or --strip-prefix PREFIX"
 
@@ -54,10 +55,25 @@ def _misfit(exc: RuntimeError) -> str:
     return " ".join(line.strip() for line in lines[:3])
 
 
+def float_dtype(tensors: object) -> torch.dtype | None:
+    """The one floating dtype of ``tensors`` (an iterable), None when there are none or several."""
+    kinds = {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _in_dtype_of(model: nn.Module, reading: StateDictReading) -> nn.Module:
+    """``model`` cast to the reading's floating dtype when every float tensor of the reading
+    has one dtype the model's do not (a ``model.half().state_dict()`` rebuilds as float16):
+    ``load_state_dict`` would otherwise copy the values into the factory's float32 silently."""
+    want = float_dtype(reading.state_dict.values())
+    have = float_dtype([*model.parameters(), *model.buffers()])
+    return model.to(want) if want is not None and have is not None and want != have else model
+
+
 def _loads(model: nn.Module, reading: StateDictReading) -> str | None:
     """None when ``reading`` loads strictly into ``model``, else why not."""
     try:
-        model.load_state_dict(reading.state_dict, strict=True)
+        _in_dtype_of(model, reading).load_state_dict(reading.state_dict, strict=True)
     except RuntimeError as exc:
         return _misfit(exc)
     return None
@@ -72,7 +88,7 @@ def rebuild(checkpoint: Checkpoint) -> tuple[nn.Module, StateDictReading]:
         if why is not None:
             hint = "" if checkpoint.source == CHECKPOINT_FORMAT else f"; {PICK}, or check --arch"
             raise ExportError(f"state_dict does not fit arch {checkpoint.arch!r}: {why}{hint}")
-        return fresh.eval(), reading
+        return _in_dtype_of(fresh, reading).eval(), reading
     fits, misfits = [], []
     for reading in checkpoint.readings:
         why = _loads(copy.deepcopy(fresh), reading)
@@ -81,7 +97,7 @@ def rebuild(checkpoint: Checkpoint) -> tuple[nn.Module, StateDictReading]:
         else:
             misfits.append(f"{reading.describe()}: {why}")
     if len(fits) == 1:
-        model = copy.deepcopy(fresh)
+        model = _in_dtype_of(copy.deepcopy(fresh), fits[0])
         model.load_state_dict(fits[0].state_dict, strict=True)
         return model.eval(), fits[0]
     if not fits:

@@ -31,6 +31,7 @@ from normserve.service.codecs.v2 import (
     check_shape,
     classification_view,
     parse_shape,
+    shared_batch_size,
     to_array,
 )
 from normserve.service.errors import BadRequest
@@ -204,14 +205,11 @@ def decode_infer_request(message: pb.ModelInferRequest, model: LoadedModel) -> I
     missing = [s.name for s in model.config.inputs if s.name not in inputs]
     if missing:
         raise BadRequest(f"inputs: missing required input(s) {missing}")
-    batch_sizes = {a.shape[0] for a in inputs.values()}
-    if len(batch_sizes) != 1:
-        raise BadRequest(f"inputs: all inputs must share one batch size, got {sorted(batch_sizes)}")
     return InferRequest(
         inputs=inputs,
         outputs=_requested_outputs(list(message.outputs), model),
         id=message.id or None,
-        batch_size=batch_sizes.pop(),
+        batch_size=shared_batch_size(inputs, model),
         timeout_s=timeout_s,
     )
 

@@ -58,7 +58,7 @@ class ModelView:
 
     @classmethod
     def of(cls, model: Any) -> ModelView:
-        return cls(model.config, tuple(getattr(model, "tied_axes", ())))
+        return cls(model.config, tuple(model.tied_axes))
 
     @property
     def name(self) -> str:

@@ -359,6 +359,20 @@ def check_output_name(model: LoadedModel, name: str, field: str, seen: set[str])
     return spec
 
 
+def shared_batch_size(inputs: dict[str, np.ndarray], model: LoadedModel) -> int:
+    """The one batch size of every input, after the axes the graph ties together (a sequence
+    length shared by ``tokens`` and ``mask``) are checked equal: ``BadRequest`` otherwise."""
+    batch_sizes = {a.shape[0] for a in inputs.values()}
+    if len(batch_sizes) != 1:
+        raise BadRequest(f"inputs: all inputs must share one batch size, got {sorted(batch_sizes)}")
+    for group in model.tied_axes:
+        sizes = [(name, axis, inputs[name].shape[axis]) for name, axis in group if name in inputs]
+        if len({size for _, _, size in sizes}) > 1:
+            said = ", ".join(f"{name!r} axis {axis} is {size}" for name, axis, size in sizes)
+            raise BadRequest(f"inputs: these axes must have one size (the model ties them): {said}")
+    return batch_sizes.pop()
+
+
 def decode_infer_request(
     header: dict[str, Any],
     model: LoadedModel,
@@ -406,14 +420,11 @@ def decode_infer_request(
     missing = [s.name for s in model.config.inputs if s.name not in inputs]
     if missing:
         raise BadRequest(f"inputs: missing required input(s) {missing}")
-    batch_sizes = {a.shape[0] for a in inputs.values()}
-    if len(batch_sizes) != 1:
-        raise BadRequest(f"inputs: all inputs must share one batch size, got {sorted(batch_sizes)}")
     return InferRequest(
         inputs=inputs,
         outputs=_requested_outputs(header.get("outputs"), model, binary_output),
         id=request_id,
-        batch_size=batch_sizes.pop(),
+        batch_size=shared_batch_size(inputs, model),
         timeout_s=timeout_s,
     )
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from normserve.service.errors import (
+    BadRequest,
     InferenceFailed,
     QueueFull,
     QueueTimeout,
@@ -136,8 +137,13 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_cancel: Callable[[str], object] | None = None,
         retry_after_s: int = 1,
+        input_sensitive: bool = False,
     ) -> None:
         self._run = run
+        # A model whose inputs' sizes or integer values may make it fail (LoadedModel.
+        # input_sensitive): a lone request failing is the request's fault then (400), not
+        # the server's (500).
+        self._input_sensitive = input_sensitive
         self.policy = policy
         self._output_order = list(output_order)
         self._name = name
@@ -317,7 +323,7 @@ class Batcher:
             outputs = self._run_checked(inputs, job.names)
         except Exception as exc:
             if len(job.inputs) == 1:
-                return [self._failure(exc)], time.perf_counter() - start
+                return [self._failure(exc, inputs)], time.perf_counter() - start
             log.warning(
                 "%s: a batch of %d requests failed (%s); retrying them one by one",
                 self._name,
@@ -331,7 +337,7 @@ class Batcher:
                         dict(zip(job.names, self._run_checked(alone, job.names), strict=True))
                     )
                 except Exception as single:
-                    outcomes.append(self._failure(single))
+                    outcomes.append(self._failure(single, alone))
             return outcomes, time.perf_counter() - start
         compute = time.perf_counter() - start
         shares: list[_Outcome] = []
@@ -354,9 +360,15 @@ class Batcher:
                 )
         return outputs
 
-    def _failure(self, exc: Exception) -> ServeError:
+    def _failure(self, exc: Exception, inputs: dict[str, np.ndarray]) -> ServeError:
         if isinstance(exc, ServeError):
             return exc
+        if self._input_sensitive:
+            shapes = ", ".join(f"{name} {list(a.shape)}" for name, a in inputs.items())
+            reason = " ".join(str(exc).split())[:300]
+            return BadRequest(
+                f"inputs: {self._name} cannot run on these inputs ({shapes}): {reason}"
+            )
         log.error("%s: inference failed: %s", self._name, exc)
         return InferenceFailed(f"{self._name}: inference failed: {exc}")
 

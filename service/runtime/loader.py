@@ -20,7 +20,7 @@ from normserve.model_repository import (
 from normserve.service.runtime.providers import CUDA
 from normserve.service.settings import Settings
 
-__all__ = ["LoadedModel", "check_golden_probe", "load_model"]
+__all__ = ["LoadedModel", "check_golden_probe", "load_model", "tied_axes"]
 
 log = logging.getLogger("normserve.service")
 
@@ -32,6 +32,19 @@ class LoadedModel:
     config: ModelConfig
     session: ort.InferenceSession
     providers: tuple[str, ...]
+    # Input axes besides the batch that the graph names alike, so must agree in a request
+    # (e.g. the sequence length of ``tokens`` and ``mask``): groups of (input, axis).
+    tied_axes: tuple[tuple[tuple[str, int], ...], ...] = ()
+
+    @property
+    def input_sensitive(self) -> bool:
+        """Whether a request's own sizes or values may make the graph fail: a dynamic axis
+        besides the batch (a UNet's side not a multiple of 16), or an integer input (a token
+        id beyond the embedding)."""
+        return any(
+            -1 in spec.shape[1:] or spec.datatype.startswith(("INT", "UINT"))
+            for spec in self.config.inputs
+        )
 
     @property
     def name(self) -> str:
@@ -52,12 +65,31 @@ class LoadedModel:
         return self.session.run(outputs, inputs)
 
     def warm_up(self) -> None:
-        """One inference on a batch of zeros, so the first request pays no lazy set-up."""
-        feed = {
-            spec.name: np.zeros((1, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype))
-            for spec in self.config.inputs
-        }
+        """One inference on one sample of zeros, so the first request pays no lazy set-up.
+
+        A dynamic axis besides the batch (-1) takes the golden probe's size for that input,
+        a size the export proved, or 1 without a probe.
+        """
+        probe = self.config.golden_probe
+        feed = {}
+        for spec in self.config.inputs:
+            sizes = probe.inputs[spec.name].shape if probe and spec.name in probe.inputs else ()
+            shape = [
+                size if size >= 0 else (sizes[axis] if axis < len(sizes) else 1)
+                for axis, size in enumerate(spec.shape)
+            ]
+            feed[spec.name] = np.zeros((1, *shape[1:]), dtype=numpy_dtype(spec.datatype))
         self.run(feed, [spec.name for spec in self.config.outputs])
+
+
+def tied_axes(session: ort.InferenceSession) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """Groups of input axes (besides the batch) that share one symbolic size in the graph."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for node in session.get_inputs():
+        for axis, size in enumerate(node.shape):
+            if axis > 0 and isinstance(size, str) and size:
+                groups.setdefault(size, []).append((node.name, axis))
+    return tuple(tuple(group) for group in groups.values() if len(group) > 1)
 
 
 def _check_graph(config: ModelConfig, session: ort.InferenceSession, where: str) -> None:
@@ -161,7 +193,12 @@ def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) ->
             f"{session.get_providers()} (CUDA or cuDNN libraries missing?)"
         )
     _check_graph(config, session, where)
-    model = LoadedModel(config=config, session=session, providers=tuple(session.get_providers()))
+    model = LoadedModel(
+        config=config,
+        session=session,
+        providers=tuple(session.get_providers()),
+        tied_axes=tied_axes(session),
+    )
     try:
         model.warm_up()
     except Exception as exc:

@@ -66,5 +66,6 @@ def make_servable(
         on_batch=stats.batch_done,
         on_cancel=metrics.for_model(model.name, model.version).cancelled,
         retry_after_s=settings.retry_after_s,
+        input_sensitive=model.input_sensitive,
     )
     return Servable(model, batcher, stats, entry, fingerprint)

@@ -183,3 +183,32 @@ def test_sha256_file_is_the_file_s_digest(tmp_path: Path):
     data = bytes(range(256)) * 5000  # more than one read chunk
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_state_dict_in_another_float_dtype_rebuilds_in_that_dtype(
+    dtype: torch.dtype, model: nn.Module, tmp_path: Path
+):
+    """``model.half().state_dict()``: load_state_dict alone would copy the values into the
+    factory's float32 parameters and the export would be a float32 model."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save(
+        {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()},
+        path,
+    )
+    rebuilt, _ = rebuild(_load(path))
+    assert {p.dtype for p in rebuilt.parameters()} == {dtype}
+    assert {b.dtype for b in rebuilt.buffers() if b.is_floating_point()} == {dtype}
+    expected = {k: v.to(dtype) for k, v in model.state_dict().items() if v.is_floating_point()}
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_a_state_dict_of_mixed_float_dtypes_keeps_the_factory_s_dtype(
+    model: nn.Module, tmp_path: Path
+):
+    state = model.state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    path = tmp_path / "checkpoint.pt"
+    torch.save({**state, first: state[first].half()}, path)
+    rebuilt, _ = rebuild(_load(path))
+    assert {p.dtype for p in rebuilt.parameters()} == {torch.float32}
