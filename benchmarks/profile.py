@@ -1,9 +1,11 @@
 """Profiles behind docs/benchmarks.md's explanation of a missed target (not part of ``make bench``).
 
-``python -m benchmarks.profile server [--arch digits_cnn] [--body binary] [--seconds 8]``
+``python -m benchmarks.profile server [--arch digits_cnn] [--body binary] [--seconds 8]
+[--connections 1]``
     py-spy samples a real ``normserve serve`` (GIL-holding frames only) while one client sends
-    sequential batch-1 requests; writes the raw stacks and a summary of the frames where the
-    time goes to ``benchmarks/results/profile-server-<arch>-<body>.txt``.
+    sequential batch-1 requests (or, with ``--connections N`` above 1, a closed loop of N
+    connections: the server under load); writes a summary of the frames where the time goes to
+    ``benchmarks/results/profile-server-<arch>-<body>[-cN].txt``.
 ``python -m benchmarks.profile decode``
     pyinstrument over the service's JSON decode of a 1x3x224x224 FP32 request; writes
     ``benchmarks/results/profile-decode-json.txt``.
@@ -64,10 +66,13 @@ def summarize_stacks(raw: str, top: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _profile_server(arch: str, body: str, seconds: float, out_dir: Path) -> Path:
+def _profile_server(
+    arch: str, body: str, seconds: float, out_dir: Path, connections: int = 1
+) -> Path:
     from benchmarks.bench_models import Workspace
     from benchmarks.features import env_for
     from benchmarks.http_client import HttpConnection
+    from benchmarks.loadgen import run_load
     from benchmarks.server_process import HOST, running_server
     from benchmarks.v2_payload import infer_request
 
@@ -87,6 +92,19 @@ def _profile_server(arch: str, body: str, seconds: float, out_dir: Path) -> Path
             count = [0]
 
             def drive() -> None:
+                if connections > 1:
+                    result = run_load(
+                        HOST,
+                        server.port,
+                        request,
+                        concurrency=connections,
+                        duration_s=seconds + 1.5,
+                        timeout_s=seconds + 60,
+                    )
+                    if set(result.statuses) != {200}:
+                        raise RuntimeError(f"inference failed while profiling: {result.statuses}")
+                    count[0] = result.requests
+                    return
                 with HttpConnection(HOST, server.port) as conn:
                     while not stop.is_set():
                         if conn.request(request).status != 200:
@@ -121,9 +139,14 @@ def _profile_server(arch: str, body: str, seconds: float, out_dir: Path) -> Path
             finally:
                 stop.set()
                 thread.join(timeout=30)
-        out = out_dir / f"profile-server-{arch}-{body}.txt"
+        suffix, load = (
+            (f"-c{connections}", f"{connections} connections of batch-1")
+            if connections > 1
+            else ("", "sequential batch-1")
+        )
+        out = out_dir / f"profile-server-{arch}-{body}{suffix}.txt"
         header = (
-            f"py-spy --gil, {seconds:.0f} s of sequential batch-1 {body} requests to {arch} "
+            f"py-spy --gil, {seconds:.0f} s of {load} {body} requests to {arch} "
             f"({count[0]} requests answered while sampling slowed the server)\n"
         )
         out.write_text(header + summarize_stacks(raw_path.read_text()))
@@ -171,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="digits_cnn")
     parser.add_argument("--body", choices=["binary", "json"], default="binary")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
     if args.what == "server":
-        out = _profile_server(args.arch, args.body, args.seconds, args.results)
+        out = _profile_server(args.arch, args.body, args.seconds, args.results, args.connections)
     else:
         out = _profile_decode(args.results)
     print(out.read_text())

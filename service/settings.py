@@ -71,8 +71,21 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default=0, ge=0)
     """Threads ONNX Runtime uses inside one operator; 0 lets it choose (one per physical core)."""
 
+    intra_op_spinning: bool = False
+    """Whether ONNX Runtime's worker threads spin (busy-wait) for work instead of sleeping. Off
+    by default: spinning threads compete with the event loop for the cores and doubled the
+    server's CPU per request under load (docs/benchmarks.md); on can shave microseconds off a
+    large model's latency on cores the server has to itself."""
+
     inter_op_threads: int = Field(default=1, ge=1)
     """Threads ONNX Runtime uses across independent operators (sequential execution when 1)."""
+
+    inline_batch_ms: float = Field(default=1.0, ge=0.0, le=100.0)
+    """A model version whose full batch (``max_batch_size`` samples, timed at load) runs within
+    this many milliseconds is run on the event loop itself, not handed to its thread: for tiny
+    models the hand-off costs more than the inference. The bound is also the longest the loop
+    is held (``/v2/health/live`` waits at most that); 0 always uses the thread. Models with a
+    dynamic axis besides the batch always use the thread (their cost depends on the request)."""
 
     max_queue_delay_ms: float = Field(default=0.0, ge=0.0, le=10_000.0)
     """Dynamic batching: longest a request waits for others to join its batch. 0 batches only

@@ -9,8 +9,6 @@ is INVALID_ARGUMENT rather than gRPC's INTERNAL.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from normserve.service.errors import BadRequest, Forbidden
 from normserve.service.grpc.status import status_of
 from normserve.service.http.auth import BearerKey
 from normserve.service.runtime.state import Runtime
+from normserve.service.telemetry.request_ids import request_id
 
 if TYPE_CHECKING:
     from normserve.service.telemetry.tracing import RequestSpan, Tracing
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["Access", "Call", "Calls", "Handler", "unserved"]
 
 access_log = logging.getLogger("normserve.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class Access(Enum):
@@ -74,10 +72,7 @@ def _metadata(context: _Context, key: str) -> str | None:
 
 
 def _request_id(context: _Context) -> str:
-    given = _metadata(context, "x-request-id")
-    if given is not None and _REQUEST_ID.fullmatch(given):
-        return given
-    return os.urandom(8).hex()
+    return request_id(_metadata(context, "x-request-id"))
 
 
 def _parse(message_type: type[Message], data: bytes) -> Any:

@@ -10,12 +10,12 @@ cost is one ``if``; on, the span (a child of the caller's ``traceparent``) is in
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from normserve.service.telemetry.request_ids import request_id
 
 if TYPE_CHECKING:
     from normserve.service.runtime.state import Runtime
@@ -24,17 +24,13 @@ if TYPE_CHECKING:
 __all__ = ["ObserveMiddleware"]
 
 access = logging.getLogger("normserve.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            text = value.decode("latin-1")
-            if _REQUEST_ID.fullmatch(text):
-                return text
-            break
-    return os.urandom(8).hex()
+            return request_id(value.decode("latin-1"))
+    return request_id(None)
 
 
 class ObserveMiddleware:

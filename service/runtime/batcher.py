@@ -4,7 +4,10 @@ Requests queue. When no batch is running, the batcher takes the oldest request p
 queued behind it that fit (same non-batch shapes, at most ``max_batch_size`` samples), waiting
 until ``max_queue_delay_s`` after the oldest arrived for more to join unless the batch is
 already full. The batch goes to the version's own thread, which concatenates the inputs along
-axis 0, runs the model and slices the outputs back, one future per request. A failure reaches
+axis 0, runs the model and slices the outputs back, one future per request. A model whose
+whole batch costs less than handing it to a thread runs ``inline`` instead: on the event loop,
+one loop turn after the first request of the batch arrived, so that every request read in
+that turn joins it. A failure reaches
 every waiter of the failed batch and no one else: a batch of several requests that fails is
 retried one request at a time on that thread, so one poisonous request cannot fail its
 neighbours.
@@ -138,8 +141,13 @@ class Batcher:
         on_cancel: Callable[[str], object] | None = None,
         retry_after_s: int = 1,
         input_sensitive: bool = False,
+        inline: bool = False,
     ) -> None:
         self._run = run
+        # Run batches on the event loop itself (a model whose full batch costs less than the
+        # thread hand-off; see make_servable): no thread, no cross-thread wake-up per batch.
+        self.inline = inline
+        self._flush_scheduled = False
         # A model whose inputs' sizes or integer values may make it fail (LoadedModel.
         # input_sensitive): a lone request failing is the request's fault then (400), not
         # the server's (500).
@@ -185,7 +193,7 @@ class Batcher:
         if loop is not self._loop:
             self._loop = loop
             self._delay_timer = None
-        if self._thread is None:
+        if self._thread is None and not self.inline:
             self._thread = threading.Thread(
                 target=self._serve_jobs, name=f"ort-{self._name}", daemon=True
             )
@@ -226,14 +234,37 @@ class Batcher:
             )
 
     def _dispatch(self) -> None:
-        """Start the next batch if none is running and one is due (full, or its wait is up)."""
-        if self._running or self._closed:
+        """Start the next batch if none is running and one is due (full, or its wait is up).
+
+        Inline, the batch is formed one loop turn later (``_flush``): every request whose
+        bytes arrived in this turn joins it, which is where batches come from without a
+        thread to be busy."""
+        if self.inline:
+            if not self._flush_scheduled and self._pending and not self._closed:
+                self._flush_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush)
             return
+        self._start_batch()
+
+    def _flush(self) -> None:
+        """Inline: run the next due batch now, on the loop, and answer its requests; a further
+        batch waits one loop turn, so that other connections are served in between (the loop
+        is never held for longer than one batch)."""
+        self._flush_scheduled = False
+        job = self._start_batch()
+        if job is not None:
+            self._finish(job, *self._run_job(job))
+
+    def _start_batch(self) -> _Job | None:
+        """The next due batch, handed to the thread (or returned, inline); None if none."""
+        if self._running or self._closed:
+            return None
         pending = self._pending
         while pending and not pending[0].live:
             pending.popleft()
         if not pending:
-            return
+            return None
         first = pending[0]
         batch: list[_Item] = []
         samples, consumed, blocked = 0, 0, False
@@ -254,7 +285,7 @@ class Batcher:
         if not blocked and samples < self.policy.max_batch_size and loop.time() < deadline:
             if self._delay_timer is None:
                 self._delay_timer = loop.call_at(deadline, self._delay_over)
-            return
+            return None
         if self._delay_timer is not None:
             self._delay_timer.cancel()
             self._delay_timer = None
@@ -264,16 +295,18 @@ class Batcher:
             self._leave_queue(item)
         names = [n for n in self._output_order if any(n in item.outputs for item in batch)]
         self._running = batch
-        self._jobs.put(
-            _Job(
-                loop,
-                batch,
-                [item.inputs for item in batch],
-                names,
-                time.perf_counter(),
-                next(self._batches),
-            )
+        job = _Job(
+            loop,
+            batch,
+            [item.inputs for item in batch],
+            names,
+            time.perf_counter(),
+            next(self._batches),
         )
+        if self.inline:
+            return job
+        self._jobs.put(job)
+        return None
 
     def _delay_over(self) -> None:
         self._delay_timer = None
@@ -303,18 +336,21 @@ class Batcher:
                 )
         self._dispatch()
 
-    # -- on the version's thread -------------------------------------------------------------
+    # -- on the version's thread (or inline, on the loop) -------------------------------------
 
     def _serve_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
-            try:
-                outcomes, compute = self._execute(job)
-            except BaseException as exc:  # a bug here must not strand the waiters
-                log.exception("%s: batch failed unexpectedly", self._name)
-                outcomes, compute = [exc] * len(job.items), 0.0
+            outcomes, compute = self._run_job(job)
             # RuntimeError: the loop closed while the batch ran, so nobody is waiting.
             with contextlib.suppress(RuntimeError):
                 job.loop.call_soon_threadsafe(self._finish, job, outcomes, compute)
+
+    def _run_job(self, job: _Job) -> tuple[list[_Outcome], float]:
+        try:
+            return self._execute(job)
+        except BaseException as exc:  # a bug here must not strand the waiters
+            log.exception("%s: batch failed unexpectedly", self._name)
+            return [exc] * len(job.items), 0.0
 
     def _execute(self, job: _Job) -> tuple[list[_Outcome], float]:
         inputs = job.inputs[0] if len(job.inputs) == 1 else _concatenate(job.inputs)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import statistics
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -35,6 +37,8 @@ class LoadedModel:
     # Input axes besides the batch that the graph names alike, so must agree in a request
     # (e.g. the sequence length of ``tokens`` and ``mask``): groups of (input, axis).
     tied_axes: tuple[tuple[tuple[str, int], ...], ...] = ()
+    # Median milliseconds of a full batch, timed at load (None: not timed; time_full_batch).
+    full_batch_ms: float | None = None
 
     @property
     def input_sensitive(self) -> bool:
@@ -63,6 +67,26 @@ class LoadedModel:
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         """Run the graph; ``outputs`` are names from the config, returned in that order."""
         return self.session.run(outputs, inputs)
+
+    def time_full_batch(self, bound_ms: float, runs: int = 5) -> float | None:
+        """Median milliseconds of a full batch (``max_batch_size`` samples of zeros), or None
+        when it cannot be known cheaply: a dynamic axis besides the batch (the cost depends on
+        the request), or one sample alone already over ``bound_ms``."""
+        if bound_ms <= 0 or any(-1 in spec.shape[1:] for spec in self.config.inputs):
+            return None
+        outputs = [spec.name for spec in self.config.outputs]
+        times = []
+        for samples in (1, *[self.config.max_batch_size] * runs):
+            feed = {
+                spec.name: np.zeros((samples, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype))
+                for spec in self.config.inputs
+            }
+            start = time.perf_counter()
+            self.run(feed, outputs)
+            times.append((time.perf_counter() - start) * 1000.0)
+            if samples == 1 and times[0] > bound_ms:
+                return None
+        return statistics.median(times[1:])
 
     def warm_up(self) -> None:
         """One inference on one sample of zeros, so the first request pays no lazy set-up.
@@ -162,6 +186,9 @@ def _session_options(settings: Settings) -> ort.SessionOptions:
         else ort.ExecutionMode.ORT_PARALLEL
     )
     options.log_severity_level = 3
+    spin = "1" if settings.intra_op_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return options
 
 
@@ -204,6 +231,7 @@ def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) ->
     except Exception as exc:
         raise RepositoryError(f"{where}: warm-up inference failed: {exc}") from exc
     check_golden_probe(model, where)
+    model = replace(model, full_batch_ms=model.time_full_batch(settings.inline_batch_ms))
     log.info(
         "loaded %s version %d on %s (%s)",
         config.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from normserve.model_repository import ModelConfig, VersionEntry
@@ -12,6 +13,8 @@ from normserve.service.telemetry.metrics import Metrics
 from normserve.service.telemetry.stats import ModelStats
 
 __all__ = ["Servable", "batch_policy", "make_servable"]
+
+log = logging.getLogger("normserve.service")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,18 @@ def make_servable(
 ) -> Servable:
     """Wrap a loaded model; ``stats`` carries counts over when a version is reloaded in place."""
     stats = stats or ModelStats(metrics.for_model(model.name, model.version))
+    full_batch_ms = model.full_batch_ms
+    inline = full_batch_ms is not None and full_batch_ms <= settings.inline_batch_ms
+    log.info(
+        "%s version %d: batches run %s (a full batch of %d: %s)",
+        model.name,
+        model.version,
+        "on the event loop" if inline else "on the version's thread",
+        model.config.max_batch_size,
+        "not timed: a dynamic axis, or one sample over the inline bound"
+        if full_batch_ms is None
+        else f"{full_batch_ms:.3f} ms, inline bound {settings.inline_batch_ms:g} ms",
+    )
     batcher = Batcher(
         model.run,
         batch_policy(model.config, settings),
@@ -67,5 +82,6 @@ def make_servable(
         on_cancel=metrics.for_model(model.name, model.version).cancelled,
         retry_after_s=settings.retry_after_s,
         input_sensitive=model.input_sensitive,
+        inline=inline,
     )
     return Servable(model, batcher, stats, entry, fingerprint)

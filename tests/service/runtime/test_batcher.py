@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,9 @@ from normserve.model_repository import scan_repository
 from normserve.service.errors import InferenceFailed, QueueFull, QueueTimeout, Unavailable
 from normserve.service.runtime.batcher import Batcher, BatchPolicy
 from normserve.service.runtime.loader import load_model
+from normserve.service.runtime.servable import make_servable
 from normserve.service.settings import Settings
+from normserve.service.telemetry.metrics import Metrics
 
 # The export's parity gate: the same graph at another batch size may take another kernel path.
 RTOL, ATOL = 1e-5, 1e-6
@@ -243,6 +246,118 @@ def test_close_answers_queued_requests_503_and_drain_waits_for_work():
 
     results = asyncio.run(main())
     assert all(isinstance(r, Unavailable) and r.status == 503 for r in results)
+
+
+def test_inline_batches_what_arrived_in_one_loop_turn_on_the_loop_thread():
+    run = Recorder()
+    batcher = Batcher(run, policy(max_queue_delay_s=0.0), ["y", "s"], name="tiny/1", inline=True)
+    rng = np.random.default_rng(1)
+    requests = [rng.normal(size=(n, 3)).astype(np.float32) for n in (1, 2, 1, 3)]
+
+    async def main():
+        return await asyncio.gather(
+            *(batcher.submit({"x": x}, x.shape[0], ["y", "s"]) for x in requests)
+        )
+
+    results = asyncio.run(main())
+    # No delay, yet one batch: the four submits ran in one loop turn, and the inline batch is
+    # formed one turn after the first arrived.
+    assert run.batches == [7]
+    assert run.threads == {threading.get_ident()}  # on the loop, no thread hand-off
+    assert batcher._thread is None
+    for x, result in zip(requests, results, strict=True):
+        y, s = result.outputs
+        np.testing.assert_array_equal(y, x * 2.0)
+        np.testing.assert_array_equal(s, x.sum(axis=1, keepdims=True))
+
+
+def test_inline_lets_the_loop_serve_others_between_batches():
+    events: list[str] = []
+
+    def run(inputs, names):
+        events.append("batch")
+        return [inputs["x"] * 2.0 for _ in names]
+
+    batcher = Batcher(run, policy(max_batch_size=1), ["y"], name="tiny/1", inline=True)
+
+    async def ticker(stop: asyncio.Event) -> None:
+        for _ in range(1000):  # bounded
+            if stop.is_set():
+                return
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    async def main():
+        stop = asyncio.Event()
+        ticks = asyncio.ensure_future(ticker(stop))
+        x = np.ones((1, 3), np.float32)
+        results = await asyncio.gather(*(batcher.submit({"x": x}, 1, ["y"]) for _ in range(4)))
+        stop.set()
+        await ticks
+        return results
+
+    results = asyncio.run(main())
+    assert len(results) == 4
+    assert events.count("batch") == 4
+    batches = [i for i, event in enumerate(events) if event == "batch"]
+    # one batch per loop turn: never two batches without the ticker running in between
+    assert all(b - a > 1 for a, b in itertools.pairwise(batches))
+
+
+def test_inline_keeps_failures_to_the_request_that_caused_them():
+    run = Recorder(poison=-7.0)
+    batcher = Batcher(run, policy(), ["y"], name="tiny/1", inline=True)
+
+    async def main():
+        good = np.ones((2, 3), np.float32)
+        bad = np.full((1, 3), -7.0, np.float32)
+        return await asyncio.gather(
+            batcher.submit({"x": good}, 2, ["y"]),
+            batcher.submit({"x": bad}, 1, ["y"]),
+            return_exceptions=True,
+        )
+
+    ok, failed = asyncio.run(main())
+    np.testing.assert_array_equal(ok.outputs[0], np.full((2, 3), 2.0))
+    assert isinstance(failed, InferenceFailed)
+    assert "poisoned input" in failed.message
+    assert run.batches == [3, 2, 1]  # together first, then one request at a time
+
+
+def test_inline_close_answers_queued_requests_503():
+    run = Recorder()
+    batcher = Batcher(run, policy(max_queue_delay_s=1.0), ["y"], name="tiny/1", inline=True)
+
+    async def main():
+        x = np.ones((1, 3), np.float32)
+        waiting = asyncio.ensure_future(batcher.submit({"x": x}, 1, ["y"]))
+        await asyncio.sleep(0.02)  # queued, waiting out its delay for company
+        await batcher.close()
+        return await asyncio.gather(waiting, return_exceptions=True)
+
+    (result,) = asyncio.run(main())
+    assert isinstance(result, Unavailable)
+    assert run.batches == []
+
+
+def test_a_model_runs_inline_only_when_its_full_batch_is_within_the_bound(
+    digits_repository: Path,
+):
+    (entry,) = scan_repository(digits_repository)
+    providers = ["CPUExecutionProvider"]
+    timed = load_model(entry, Settings(provider="cpu", inline_batch_ms=100.0), providers)
+    assert timed.full_batch_ms is not None
+    assert 0.0 < timed.full_batch_ms < 100.0
+    never = load_model(entry, Settings(provider="cpu", inline_batch_ms=0.0), providers)
+    assert never.full_batch_ms is None
+    metrics = Metrics(lambda: [])
+    on = make_servable(timed, entry, "a", Settings(inline_batch_ms=100.0), metrics)
+    off = make_servable(timed, entry, "a", Settings(inline_batch_ms=0.0), metrics)
+    assert on.batcher.inline
+    assert not off.batcher.inline
+    # a bound below the measured cost keeps the thread
+    tight = Settings(inline_batch_ms=timed.full_batch_ms / 4)
+    assert not make_servable(timed, entry, "a", tight, metrics).batcher.inline
 
 
 def test_batched_results_equal_unbatched_results_on_a_real_export(digits_repository: Path):
