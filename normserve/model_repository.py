@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +268,15 @@ class ModelConfig:
     batching: BatchingOverrides = field(default_factory=BatchingOverrides)
 
     def input_spec(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.inputs if s.name == name), None)
+        return self._specs_by_name[0].get(name)
 
     def output_spec(self, name: str) -> TensorSpec | None:
-        return next((s for s in self.outputs if s.name == name), None)
+        return self._specs_by_name[1].get(name)
+
+    @cached_property
+    def _specs_by_name(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+        """Inputs and outputs by name (looked up per tensor of every request)."""
+        return {s.name: s for s in self.inputs}, {s.name: s for s in self.outputs}
 
     def to_json(self) -> dict[str, Any]:
         """The ``model.json`` document (the shape ``parse_model_json`` reads back)."""

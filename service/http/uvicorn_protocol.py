@@ -49,6 +49,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from normserve.service.errors import ServeError, render
 from normserve.service.http.client_watch import CLIENT_WATCH, ClientWatch
+from normserve.service.http.coalesce import HeadWithBody
 from normserve.service.http.heap_trim import HeapTrimmer
 from normserve.service.settings import Settings
 
@@ -281,6 +282,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
             raise _Refused
         super().on_headers_complete()
+        self.cycle.transport = HeadWithBody(self.transport, self.cycle)  # type: ignore[assignment]
         self._in_head = False
         self._head_bytes = 0
         self._body_deadline = self.loop.time() + self.limits.body_timeout_s
