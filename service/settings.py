@@ -80,12 +80,13 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(default=1, ge=1)
     """Threads ONNX Runtime uses across independent operators (sequential execution when 1)."""
 
-    inline_batch_ms: float = Field(default=1.0, ge=0.0, le=100.0)
-    """A model version whose full batch (``max_batch_size`` samples, timed at load) runs within
-    this many milliseconds is run on the event loop itself, not handed to its thread: for tiny
-    models the hand-off costs more than the inference. The bound is also the longest the loop
-    is held (``/v2/health/live`` waits at most that); 0 always uses the thread. Models with a
-    dynamic axis besides the batch always use the thread (their cost depends on the request)."""
+    inline_batch_ms: float = Field(default=0.1, ge=0.0, le=100.0)
+    """A batch expected to run within this many milliseconds (from the version's batch of one
+    sample and full batch, timed at load) runs on the event loop itself instead of the
+    version's thread: for such a batch the hand-off to the thread and back costs more than the
+    inference (about 0.1 ms, benchmarks/overhead's "executor hop"). It is also the longest a
+    batch holds the loop. 0 always uses the thread; models with a dynamic axis besides the
+    batch always do (their cost depends on the request)."""
 
     max_queue_delay_ms: float = Field(default=0.0, ge=0.0, le=10_000.0)
     """Dynamic batching: longest a request waits for others to join its batch. 0 batches only

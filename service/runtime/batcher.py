@@ -4,10 +4,10 @@ Requests queue. When no batch is running, the batcher takes the oldest request p
 queued behind it that fit (same non-batch shapes, at most ``max_batch_size`` samples), waiting
 until ``max_queue_delay_s`` after the oldest arrived for more to join unless the batch is
 already full. The batch goes to the version's own thread, which concatenates the inputs along
-axis 0, runs the model and slices the outputs back, one future per request. A model whose
-whole batch costs less than handing it to a thread runs ``inline`` instead: on the event loop,
-one loop turn after the first request of the batch arrived, so that every request read in
-that turn joins it. A failure reaches
+axis 0, runs the model and slices the outputs back, one future per request. A batch of at most
+``inline_samples`` samples (a size whose run costs less than handing it to the thread, from
+timings taken at load) runs inline instead: on the event loop, one loop turn after the first
+request of the batch arrived, so that every request read in that turn joins it. A failure reaches
 every waiter of the failed batch and no one else: a batch of several requests that fails is
 retried one request at a time on that thread, so one poisonous request cannot fail its
 neighbours.
@@ -141,12 +141,12 @@ class Batcher:
         on_cancel: Callable[[str], object] | None = None,
         retry_after_s: int = 1,
         input_sensitive: bool = False,
-        inline: bool = False,
+        inline_samples: int = 0,
     ) -> None:
         self._run = run
-        # Run batches on the event loop itself (a model whose full batch costs less than the
-        # thread hand-off; see make_servable): no thread, no cross-thread wake-up per batch.
-        self.inline = inline
+        # Batches of at most this many samples run on the event loop itself (they cost less
+        # than the thread hand-off; see make_servable): no cross-thread wake-up. 0: never.
+        self.inline_samples = inline_samples
         self._flush_scheduled = False
         # A model whose inputs' sizes or integer values may make it fail (LoadedModel.
         # input_sensitive): a lone request failing is the request's fault then (400), not
@@ -193,11 +193,6 @@ class Batcher:
         if loop is not self._loop:
             self._loop = loop
             self._delay_timer = None
-        if self._thread is None and not self.inline:
-            self._thread = threading.Thread(
-                target=self._serve_jobs, name=f"ort-{self._name}", daemon=True
-            )
-            self._thread.start()
         timeout = self.policy.queue_timeout_s if timeout_s is None else timeout_s
         item = _Item(inputs, outputs, samples, loop.create_future(), loop.time())
         item.timer = loop.call_later(timeout, self._expire, item, timeout)
@@ -236,10 +231,10 @@ class Batcher:
     def _dispatch(self) -> None:
         """Start the next batch if none is running and one is due (full, or its wait is up).
 
-        Inline, the batch is formed one loop turn later (``_flush``): every request whose
-        bytes arrived in this turn joins it, which is where batches come from without a
-        thread to be busy."""
-        if self.inline:
+        With inline batches, the batch is formed one loop turn later (``_flush``): every
+        request whose bytes arrived in this turn joins it, which is where batches come from
+        without a thread to be busy."""
+        if self.inline_samples:
             if not self._flush_scheduled and self._pending and not self._closed:
                 self._flush_scheduled = True
                 assert self._loop is not None
@@ -248,16 +243,18 @@ class Batcher:
         self._start_batch()
 
     def _flush(self) -> None:
-        """Inline: run the next due batch now, on the loop, and answer its requests; a further
-        batch waits one loop turn, so that other connections are served in between (the loop
-        is never held for longer than one batch)."""
+        """Start the next due batch: a small one runs now, on the loop, and its requests are
+        answered; a larger one goes to the thread. A further batch waits one loop turn, so that
+        other connections are served in between (the loop is held for one small batch at
+        most)."""
         self._flush_scheduled = False
         job = self._start_batch()
         if job is not None:
             self._finish(job, *self._run_job(job))
 
     def _start_batch(self) -> _Job | None:
-        """The next due batch, handed to the thread (or returned, inline); None if none."""
+        """The next due batch, handed to the thread, or returned when it is small enough to
+        run inline; None if there is none."""
         if self._running or self._closed:
             return None
         pending = self._pending
@@ -303,8 +300,13 @@ class Batcher:
             time.perf_counter(),
             next(self._batches),
         )
-        if self.inline:
+        if samples <= self.inline_samples:
             return job
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve_jobs, name=f"ort-{self._name}", daemon=True
+            )
+            self._thread.start()
         self._jobs.put(job)
         return None
 

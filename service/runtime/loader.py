@@ -37,8 +37,9 @@ class LoadedModel:
     # Input axes besides the batch that the graph names alike, so must agree in a request
     # (e.g. the sequence length of ``tokens`` and ``mask``): groups of (input, axis).
     tied_axes: tuple[tuple[tuple[str, int], ...], ...] = ()
-    # Median milliseconds of a full batch, timed at load (None: not timed; time_full_batch).
-    full_batch_ms: float | None = None
+    # Median milliseconds of a batch of one sample and of a full batch, timed at load (None:
+    # not timed; see time_batches).
+    batch_ms: tuple[float, float] | None = None
 
     @property
     def input_sensitive(self) -> bool:
@@ -68,25 +69,28 @@ class LoadedModel:
         """Run the graph; ``outputs`` are names from the config, returned in that order."""
         return self.session.run(outputs, inputs)
 
-    def time_full_batch(self, bound_ms: float, runs: int = 5) -> float | None:
-        """Median milliseconds of a full batch (``max_batch_size`` samples of zeros), or None
-        when it cannot be known cheaply: a dynamic axis besides the batch (the cost depends on
-        the request), or one sample alone already over ``bound_ms``."""
+    def time_batches(self, bound_ms: float, runs: int = 5) -> tuple[float, float] | None:
+        """Median milliseconds of a batch of one sample and of ``max_batch_size`` samples (of
+        zeros), or None when not worth knowing: a dynamic axis besides the batch (the cost
+        depends on the request), or one sample already over ``bound_ms``."""
         if bound_ms <= 0 or any(-1 in spec.shape[1:] for spec in self.config.inputs):
             return None
         outputs = [spec.name for spec in self.config.outputs]
-        times = []
-        for samples in (1, *[self.config.max_batch_size] * runs):
+        medians = []
+        for samples in (1, self.config.max_batch_size):
             feed = {
                 spec.name: np.zeros((samples, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype))
                 for spec in self.config.inputs
             }
-            start = time.perf_counter()
-            self.run(feed, outputs)
-            times.append((time.perf_counter() - start) * 1000.0)
-            if samples == 1 and times[0] > bound_ms:
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                self.run(feed, outputs)
+                times.append((time.perf_counter() - start) * 1000.0)
+            medians.append(statistics.median(times))
+            if medians[0] > bound_ms:
                 return None
-        return statistics.median(times[1:])
+        return medians[0], medians[-1]
 
     def warm_up(self) -> None:
         """One inference on one sample of zeros, so the first request pays no lazy set-up.
@@ -231,7 +235,7 @@ def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) ->
     except Exception as exc:
         raise RepositoryError(f"{where}: warm-up inference failed: {exc}") from exc
     check_golden_probe(model, where)
-    model = replace(model, full_batch_ms=model.time_full_batch(settings.inline_batch_ms))
+    model = replace(model, batch_ms=model.time_batches(settings.inline_batch_ms))
     log.info(
         "loaded %s version %d on %s (%s)",
         config.name,

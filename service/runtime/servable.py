@@ -12,7 +12,7 @@ from normserve.service.settings import Settings
 from normserve.service.telemetry.metrics import Metrics
 from normserve.service.telemetry.stats import ModelStats
 
-__all__ = ["Servable", "batch_policy", "make_servable"]
+__all__ = ["Servable", "batch_policy", "inline_batch_samples", "make_servable"]
 
 log = logging.getLogger("normserve.service")
 
@@ -51,6 +51,21 @@ def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy:
     )
 
 
+def inline_batch_samples(model: LoadedModel, bound_ms: float) -> int:
+    """The largest batch (in samples) expected to run within ``bound_ms``, from the version's
+    timings at load (a straight line through one sample and a full batch); 0 when none is."""
+    if model.batch_ms is None or bound_ms <= 0:
+        return 0
+    one, full = model.batch_ms
+    if one > bound_ms:
+        return 0
+    most = model.config.max_batch_size
+    per_sample = max(full - one, 0.0) / (most - 1) if most > 1 else 0.0
+    if per_sample == 0.0:
+        return most
+    return min(most, 1 + int((bound_ms - one) / per_sample))
+
+
 def make_servable(
     model: LoadedModel,
     entry: VersionEntry,
@@ -61,17 +76,18 @@ def make_servable(
 ) -> Servable:
     """Wrap a loaded model; ``stats`` carries counts over when a version is reloaded in place."""
     stats = stats or ModelStats(metrics.for_model(model.name, model.version))
-    full_batch_ms = model.full_batch_ms
-    inline = full_batch_ms is not None and full_batch_ms <= settings.inline_batch_ms
+    inline_samples = inline_batch_samples(model, settings.inline_batch_ms)
     log.info(
-        "%s version %d: batches run %s (a full batch of %d: %s)",
+        "%s version %d: %s",
         model.name,
         model.version,
-        "on the event loop" if inline else "on the version's thread",
-        model.config.max_batch_size,
-        "not timed: a dynamic axis, or one sample over the inline bound"
-        if full_batch_ms is None
-        else f"{full_batch_ms:.3f} ms, inline bound {settings.inline_batch_ms:g} ms",
+        "every batch runs on the version's thread (a dynamic axis, or one sample over "
+        f"the inline bound of {settings.inline_batch_ms:g} ms)"
+        if model.batch_ms is None
+        else f"batches of up to {inline_samples} sample(s) run on the event loop, larger ones "
+        f"on the version's thread (1 sample: {model.batch_ms[0]:.3f} ms, "
+        f"{model.config.max_batch_size}: {model.batch_ms[1]:.3f} ms; "
+        f"inline bound {settings.inline_batch_ms:g} ms)",
     )
     batcher = Batcher(
         model.run,
@@ -82,6 +98,6 @@ def make_servable(
         on_cancel=metrics.for_model(model.name, model.version).cancelled,
         retry_after_s=settings.retry_after_s,
         input_sensitive=model.input_sensitive,
-        inline=inline,
+        inline_samples=inline_samples,
     )
     return Servable(model, batcher, stats, entry, fingerprint)

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from normserve.model_repository import scan_repository
 from normserve.service.errors import InferenceFailed, QueueFull, QueueTimeout, Unavailable
 from normserve.service.runtime.batcher import Batcher, BatchPolicy
 from normserve.service.runtime.loader import load_model
-from normserve.service.runtime.servable import make_servable
+from normserve.service.runtime.servable import inline_batch_samples, make_servable
 from normserve.service.settings import Settings
 from normserve.service.telemetry.metrics import Metrics
 
@@ -250,7 +251,9 @@ def test_close_answers_queued_requests_503_and_drain_waits_for_work():
 
 def test_inline_batches_what_arrived_in_one_loop_turn_on_the_loop_thread():
     run = Recorder()
-    batcher = Batcher(run, policy(max_queue_delay_s=0.0), ["y", "s"], name="tiny/1", inline=True)
+    batcher = Batcher(
+        run, policy(max_queue_delay_s=0.0), ["y", "s"], name="tiny/1", inline_samples=8
+    )
     rng = np.random.default_rng(1)
     requests = [rng.normal(size=(n, 3)).astype(np.float32) for n in (1, 2, 1, 3)]
 
@@ -278,7 +281,7 @@ def test_inline_lets_the_loop_serve_others_between_batches():
         events.append("batch")
         return [inputs["x"] * 2.0 for _ in names]
 
-    batcher = Batcher(run, policy(max_batch_size=1), ["y"], name="tiny/1", inline=True)
+    batcher = Batcher(run, policy(max_batch_size=1), ["y"], name="tiny/1", inline_samples=8)
 
     async def ticker(stop: asyncio.Event) -> None:
         for _ in range(1000):  # bounded
@@ -306,7 +309,7 @@ def test_inline_lets_the_loop_serve_others_between_batches():
 
 def test_inline_keeps_failures_to_the_request_that_caused_them():
     run = Recorder(poison=-7.0)
-    batcher = Batcher(run, policy(), ["y"], name="tiny/1", inline=True)
+    batcher = Batcher(run, policy(), ["y"], name="tiny/1", inline_samples=8)
 
     async def main():
         good = np.ones((2, 3), np.float32)
@@ -326,7 +329,7 @@ def test_inline_keeps_failures_to_the_request_that_caused_them():
 
 def test_inline_close_answers_queued_requests_503():
     run = Recorder()
-    batcher = Batcher(run, policy(max_queue_delay_s=1.0), ["y"], name="tiny/1", inline=True)
+    batcher = Batcher(run, policy(max_queue_delay_s=1.0), ["y"], name="tiny/1", inline_samples=8)
 
     async def main():
         x = np.ones((1, 3), np.float32)
@@ -340,24 +343,47 @@ def test_inline_close_answers_queued_requests_503():
     assert run.batches == []
 
 
-def test_a_model_runs_inline_only_when_its_full_batch_is_within_the_bound(
-    digits_repository: Path,
-):
+def test_batches_above_the_inline_size_go_to_the_thread_and_small_ones_stay():
+    run = Recorder()
+    batcher = Batcher(run, policy(max_queue_delay_s=0.0), ["y"], name="tiny/1", inline_samples=3)
+    loop_thread: list[int] = []
+
+    async def main():
+        loop_thread.append(threading.get_ident())
+        big = [np.full((2, 3), i, np.float32) for i in range(3)]  # 6 samples: the thread
+        first = await asyncio.gather(*(batcher.submit({"x": x}, 2, ["y"]) for x in big))
+        small = await batcher.submit({"x": np.ones((1, 3), np.float32)}, 1, ["y"])  # inline
+        return first, small
+
+    first, small = asyncio.run(main())
+    assert run.batches == [6, 1]
+    assert len(run.threads) == 2  # the version's thread, then the loop's
+    assert loop_thread[0] in run.threads
+    assert [r.outputs[0][0, 0] for r in first] == [0.0, 2.0, 4.0]
+    np.testing.assert_array_equal(small.outputs[0], np.full((1, 3), 2.0))
+
+
+def test_the_inline_size_follows_the_timings_taken_at_load(digits_repository: Path):
     (entry,) = scan_repository(digits_repository)
     providers = ["CPUExecutionProvider"]
     timed = load_model(entry, Settings(provider="cpu", inline_batch_ms=100.0), providers)
-    assert timed.full_batch_ms is not None
-    assert 0.0 < timed.full_batch_ms < 100.0
+    assert timed.batch_ms is not None
+    one, full = timed.batch_ms
+    assert 0.0 < one <= full < 100.0
     never = load_model(entry, Settings(provider="cpu", inline_batch_ms=0.0), providers)
-    assert never.full_batch_ms is None
+    assert never.batch_ms is None
+    most = timed.config.max_batch_size
+    assert inline_batch_samples(timed, 100.0) == most  # every batch is within a generous bound
+    assert inline_batch_samples(timed, one / 2) == 0  # not even one sample is
+    assert inline_batch_samples(never, 100.0) == 0  # not timed: always the thread
+    # In between: the straight line through the two timings, checked against a stand-in.
+    line = replace(timed, batch_ms=(0.05, 0.05 + 0.01 * (most - 1)))
+    assert inline_batch_samples(line, 0.1) == 6  # 0.05 ms + 5 x 0.01 ms
     metrics = Metrics(lambda: [])
-    on = make_servable(timed, entry, "a", Settings(inline_batch_ms=100.0), metrics)
-    off = make_servable(timed, entry, "a", Settings(inline_batch_ms=0.0), metrics)
-    assert on.batcher.inline
-    assert not off.batcher.inline
-    # a bound below the measured cost keeps the thread
-    tight = Settings(inline_batch_ms=timed.full_batch_ms / 4)
-    assert not make_servable(timed, entry, "a", tight, metrics).batcher.inline
+    served = make_servable(line, entry, "a", Settings(inline_batch_ms=0.1), metrics)
+    assert served.batcher.inline_samples == 6
+    off = make_servable(line, entry, "a", Settings(inline_batch_ms=0.0), metrics)
+    assert off.batcher.inline_samples == 0
 
 
 def test_batched_results_equal_unbatched_results_on_a_real_export(digits_repository: Path):
