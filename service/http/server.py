@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -21,7 +22,7 @@ from normserve.service.settings import Settings
 from normserve.service.telemetry.logs import configure_logging
 from normserve.service.telemetry.tracing import start_tracing
 
-__all__ = ["DrainingServer", "listen", "serve"]
+__all__ = ["DrainingServer", "freeze_what_was_loaded", "listen", "serve"]
 
 log = logging.getLogger("normserve.service")
 
@@ -110,6 +111,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def freeze_what_was_loaded() -> None:
+    """Move every object alive now (modules, the app, the loaded models: about 70,000) out of
+    the garbage collector's sight: they live as long as the process. A full collection under
+    load then scans only what requests made, instead of pausing the event loop for ~45 ms each
+    time, which was the p99 of the peers benchmark. Garbage already there is collected first."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(settings: Settings) -> None:
     """Take the port, load the repository, then serve until a signal, draining first.
 
@@ -140,8 +150,10 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         http=protocol_class(settings),
     )
+    server = DrainingServer(config, runtime, grpc_server(runtime, tracing))
+    freeze_what_was_loaded()
     try:
-        DrainingServer(config, runtime, grpc_server(runtime, tracing)).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         if tracing is not None:
             tracing.shutdown()
