@@ -1,6 +1,7 @@
 """normserve under several settings, side by side on the peers' load: how a default is chosen.
 
-``python -m benchmarks.settings_ab --variant NAME=SETTING=VALUE[,SETTING=VALUE...] ... [--tag T]``
+``python -m benchmarks.settings_ab --variant NAME=SETTING=VALUE[,SETTING=VALUE...] ...
+[--build NAME=OTHER/.venv/bin/normserve ...] [--tag T]``
 
 Each variant is one ``normserve serve`` of this build with its settings (``Settings`` field
 names, e.g. ``intra_op_threads=1``; ``NAME=`` alone is the defaults), all started at once on
@@ -9,7 +10,9 @@ synthetic digits export), access log off. ``benchmarks.peers.load.compare`` meas
 rotated rounds: a 64-connection closed loop of verified V2 JSON requests of 1 to 4 rows, then
 sequential batch-1 requests; server CPU per request from ``/proc``. Writes
 ``benchmarks/results/settings_ab-<tag>.json`` and prints the medians. Not part of ``make bench``:
-it is the measurement behind a choice of defaults (docs/benchmarks.md quotes it).
+it is the measurement behind a choice of defaults (docs/benchmarks.md quotes it). ``--build``
+adds another build of normserve (its own ``normserve`` script, e.g. a worktree of an older
+commit) with its own defaults: a change measured before and after in one run.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from benchmarks.machine import describe_machine
 from benchmarks.peers.benchmark import LEAN, Options, _model, normserve_contender
 from benchmarks.peers.load import LoadPlan, compare, make_workload
 
-__all__ = ["main", "parse_variant"]
+__all__ = ["main", "parse_build", "parse_variant"]
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -45,9 +48,18 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, settings
 
 
+def parse_build(text: str) -> tuple[str, str]:
+    """``NAME=PATH`` → (NAME, PATH of another build's ``normserve`` script)."""
+    name, sep, path = text.partition("=")
+    if not name or not sep or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH/TO/normserve (a file)")
+    return name, path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", type=parse_variant, action="append", required=True)
+    parser.add_argument("--build", type=parse_build, action="append", default=[])
     parser.add_argument("--tag", default="latest")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per round")
@@ -65,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                     stack, name, repository, {**LEAN, **settings}, Path(work) / f"{name}.log"
                 )
                 for name, settings in args.variant
+            ] + [
+                normserve_contender(
+                    stack, name, repository, LEAN, Path(work) / f"{name}.log", executable
+                )
+                for name, executable in args.build
             ]
             compared = compare(contenders, workload, plan, log=print)
     result = {
@@ -72,8 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"name": config.name, "source": source},
         "plan": plan.to_dict(),
         "variants": {
-            name: {"settings": {**settings_defaults(), **LEAN, **settings}}
-            for name, settings in args.variant
+            **{
+                name: {"settings": {**settings_defaults(), **LEAN, **settings}}
+                for name, settings in args.variant
+            },
+            **{
+                name: {"build": executable, "settings": {**LEAN, "others": "that build's defaults"}}
+                for name, executable in args.build
+            },
         },
         **compared,
     }

@@ -97,10 +97,18 @@ def _model(ctx: Context, options: Options) -> tuple[Path, ModelConfig, Path, str
 
 
 def normserve_contender(
-    stack: contextlib.ExitStack, name: str, repository: Path, settings: dict[str, Any], log: Path
+    stack: contextlib.ExitStack,
+    name: str,
+    repository: Path,
+    settings: dict[str, Any],
+    log: Path,
+    executable: str | None = None,
 ) -> Contender:
-    """normserve started as every benchmark starts it (``benchmarks.server_process``)."""
-    server = stack.enter_context(running_server(repository, log, env=env_for(settings)))
+    """normserve started as every benchmark starts it (``benchmarks.server_process``);
+    ``executable`` runs another build's ``normserve`` script."""
+    server = stack.enter_context(
+        running_server(repository, log, env=env_for(settings), executable=executable)
+    )
     return Contender(name, server.port, server.process.pid, server.ready_s, log)
 
 
