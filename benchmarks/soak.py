@@ -162,7 +162,7 @@ async def _connection(
 
 async def soak(
     host: str,
-    port: int,
+    port: int | Sequence[int],
     probes: Sequence[Probe],
     *,
     requests: int,
@@ -175,7 +175,9 @@ async def soak(
     """``requests`` requests over ``concurrency`` keep-alive connections, each checked.
 
     Connection i starts at probe ``offset + i``, so concurrent requests carry different inputs.
+    Several ports (replicas of one server) take the connections in turn.
     """
+    ports = [port] if isinstance(port, int) else list(port)
     if requests < 1 or concurrency < 1 or not probes:
         raise ValueError("requests, concurrency and probes must be positive")
     result = SoakResult(requests, {}, [], 0, [], 0.0)
@@ -190,8 +192,8 @@ async def soak(
 
     started = time.perf_counter()
     tasks = [
-        _connection(host, port, probes, next_ticket, result, rtol, atol)
-        for _ in range(min(concurrency, requests))
+        _connection(host, ports[i % len(ports)], probes, next_ticket, result, rtol, atol)
+        for i in range(min(concurrency, requests))
     ]
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=timeout_s)

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,14 @@ QUICK = LoadPlan(
     rounds=2, duration_s=1.0, warmup_requests=200, min_requests=100, sequential_requests=100
 )
 LEAN = {"provider": "cpu", "log_level": "warning", "access_log": False}
+# name: (label, settings, processes). Several processes are replicas on their own ports, the
+# load's connections spread over them in turn (what a Service in front of replicas does).
 NORMSERVE = {
-    "normserve": ("default settings, access log off", LEAN),
-    "normserve intra-op 1": (
-        "NORMSERVE_INTRA_OP_THREADS=1, access log off",
-        {**LEAN, "intra_op_threads": 1},
+    "normserve": ("default settings, access log off", LEAN, 1),
+    "normserve 2 replicas": (
+        "two processes, default settings, access log off; connections spread over them",
+        LEAN,
+        2,
     ),
 }
 PEER_THREADS = 1
@@ -215,18 +218,27 @@ def measure(ctx: Context) -> dict[str, Any]:
 
 
 def run(ctx: Context, options: Options) -> dict[str, Any]:
-    """Start normserve (both settings) and each peer, compare them, stop them all."""
+    """Start normserve (each configuration) and each peer, compare them, stop them all."""
     plan = options.plan
     repository, config, onnx_path, source = _model(ctx, options)
     workload = make_workload(config, onnx_path, max_rows=plan.max_rows)
     servers: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         contenders = []
-        for name, (label, settings) in NORMSERVE.items():
-            log = ctx.work_dir / "logs" / f"{NAME}-{name.replace(' ', '-')}.log"
-            contenders.append(normserve_contender(stack, name, repository, settings, log))
+        for name, (label, settings, processes) in NORMSERVE.items():
+            started = [
+                normserve_contender(
+                    stack,
+                    name,
+                    repository,
+                    settings,
+                    ctx.work_dir / "logs" / f"{NAME}-{name.replace(' ', '-')}-{i}.log",
+                )
+                for i in range(processes)
+            ]
+            contenders.append(replace(started[0], replicas=tuple(started[1:])))
             effective = {**settings_defaults(), **settings}
-            servers[name] = {"label": label, "settings": effective}
+            servers[name] = {"label": label, "settings": effective, "processes": processes}
         for peer in options.peers:
             try:
                 contender, info = STARTERS[peer](ctx, stack, config, onnx_path)

@@ -90,7 +90,7 @@ def make_workload(
 
 
 def _verified(
-    port: int,
+    port: int | Sequence[int],
     probes: Sequence[Probe],
     requests: int,
     concurrency: int,
@@ -116,7 +116,7 @@ def measure_once(contender: Contender, workload: Workload, plan: LoadPlan, offse
     """One round for one server: warm-up, the recorded closed loop, sequential batch 1."""
     load_before = [round(x, 2) for x in os.getloadavg()]
     warm, _ = _verified(
-        contender.port,
+        contender.load_ports,
         workload.probes,
         plan.warmup_requests,
         plan.concurrency,
@@ -127,7 +127,7 @@ def measure_once(contender: Contender, workload: Workload, plan: LoadPlan, offse
     requests = max(plan.min_requests, int(rate * plan.duration_s))
     cpu_before = contender.cpu_seconds()
     run, client_cpu = _verified(
-        contender.port,
+        contender.load_ports,
         workload.probes,
         requests,
         plan.concurrency,

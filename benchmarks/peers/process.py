@@ -58,9 +58,16 @@ class Contender:
     ready_s: float
     log_path: Path
     ports: Mapping[str, int] = field(default_factory=dict)
+    # More processes of the same server on their own ports (replicas): the load spreads its
+    # connections over all of them and the CPU counts all of them.
+    replicas: tuple[Contender, ...] = ()
+
+    @property
+    def load_ports(self) -> list[int]:
+        return [self.port, *(r.port for r in self.replicas)]
 
     def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.pid)
+        return tree_cpu_seconds(self.pid) + sum(r.cpu_seconds() for r in self.replicas)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -9,7 +9,7 @@ __all__ = ["chart", "markdown"]
 
 COLORS = {
     "normserve": "#1f77b4",
-    "normserve intra-op 1": "#9467bd",
+    "normserve 2 replicas": "#9467bd",
     "triton": "#76b900",
     "kserve": "#ff7f0e",
 }

@@ -96,7 +96,7 @@ def test_normserve_beside_a_standin_peer(affine, tmp_path: Path):
     command += ["127.0.0.1", "--port", str(port)]
     standin = PeerCommand(command, port, env={"NORMSERVE_PROVIDER": "cpu"})
     with contextlib.ExitStack() as stack:
-        name, (_, settings) = next(iter(NORMSERVE.items()))
+        name, (_, settings, _) = next(iter(NORMSERVE.items()))
         ours = normserve_contender(stack, name, repository, settings, tmp_path / "ours.log")
         peer = stack.enter_context(running_peer("standin", standin, tmp_path / "standin.log"))
         assert peer.ready_s > 0
