@@ -103,7 +103,7 @@ def _profile_server(
                     )
                     if set(result.statuses) != {200}:
                         raise RuntimeError(f"inference failed while profiling: {result.statuses}")
-                    count[0] = result.requests
+                    count[0] = result.completed
                     return
                 with HttpConnection(HOST, server.port) as conn:
                     while not stop.is_set():

@@ -1,4 +1,5 @@
-"""The inference fast path: ordinary ASGI middleware that answers the inference routes itself.
+"""The inference fast path: ASGI middleware in front of FastAPI that answers the inference routes
+itself.
 
 Inference is the one path where the framework's per-request work (routing every route,
 dependency solving, request objects, response classes) costs more than the model. The routes
@@ -205,7 +206,8 @@ async def _unless_client_leaves(watch: ClientWatch | None, work: Awaitable[T]) -
 
 
 class FastPath:
-    """``app.add_middleware(FastPath, routes=app.router.routes, runtime=..., api_key=...)``."""
+    """``FastPath(inner_app, routes=app.router.routes, runtime=..., api_key=...)``: in front of
+    FastAPI (``service.app.App``), or as ordinary middleware."""
 
     def __init__(
         self,

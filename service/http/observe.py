@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from normserve.service.errors import ServeError, render
 from normserve.service.telemetry.request_ids import request_id
 
 if TYPE_CHECKING:
@@ -88,12 +89,14 @@ class ObserveMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
+        started = False
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -103,6 +106,20 @@ class ObserveMiddleware:
         metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug in front of FastAPI (which renders its own): answered {"error": ...} 500
+            # when nothing was sent yet, then raised on for the server to log, as
+            # Starlette's error middleware does.
+            if not started:
+                code, headers, body = render(
+                    ServeError("internal server error (a bug: see the server log)")
+                )
+                headers = [*headers, (b"content-length", str(len(body)).encode())]
+                await send_with_id(
+                    {"type": "http.response.start", "status": code, "headers": headers}
+                )
+                await send_with_id({"type": "http.response.body", "body": body})
+            raise
         finally:
             runtime.in_flight -= 1
             metrics.in_flight.dec()

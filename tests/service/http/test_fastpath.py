@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from normserve.service import Settings, create_app
 from normserve.service.http.fastpath import FastPath
+from normserve.service.http.observe import ObserveMiddleware
 from normserve.service.http.routes import router
 
 INFER = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}
@@ -24,7 +25,7 @@ CASES = [
 
 def _without_fast_path(settings: Settings):
     app = create_app(settings)
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not FastPath]
+    app.front = ObserveMiddleware(app.framework, runtime=app.state.runtime)
     return app
 
 
@@ -88,3 +89,20 @@ def test_observation_reports_the_shared_route_template(client: TestClient):
     assert client.post("/v2/models/affine/versions/2/infer", json=INFER).status_code == 200
     metrics = client.get("/metrics").text
     assert 'route="/v2/models/{model_name}/versions/{version}/infer",status="200"' in metrics
+
+
+def test_a_bug_in_front_of_fastapi_is_answered_as_json_500_with_its_request_id(
+    settings: Settings,
+):
+    app = create_app(settings)
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug in the fast path")
+
+    app.front = ObserveMiddleware(broken, runtime=app.state.runtime)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/v2/models/affine/infer", json=INFER, headers={"x-request-id": "r-7"})
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal server error (a bug: see the server log)"}
+        assert r.headers["x-request-id"] == "r-7"
+        assert client.get("/v2/health/live").status_code == 500  # every request goes in front
