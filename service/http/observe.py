@@ -39,6 +39,9 @@ class ObserveMiddleware:
         self.app = app
         self.runtime = runtime
         self.tracing = tracing
+        # HTTP requests being served: the gauge reads it when scraped (no lock per request).
+        self.in_flight = 0
+        runtime.metrics.in_flight.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,7 +106,7 @@ class ObserveMiddleware:
         runtime = self.runtime
         metrics = runtime.metrics
         runtime.in_flight += 1
-        metrics.in_flight.inc()
+        self.in_flight += 1
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -122,9 +125,9 @@ class ObserveMiddleware:
             raise
         finally:
             runtime.in_flight -= 1
-            metrics.in_flight.dec()
+            self.in_flight -= 1
             template = getattr(scope.get("route"), "path", "unmatched")
-            metrics.http_requests.labels(scope["method"], template, str(status)).inc()
+            metrics.http_request(scope["method"], template, status).inc()
             if runtime.settings.access_log:
                 fields = {
                     "request_id": request_id,

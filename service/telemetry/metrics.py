@@ -6,14 +6,22 @@ under the names Triton exposes, so dashboards built for Triton read normserve un
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "TRITON_FAMILIES", "LiveVersion", "Metrics", "ModelMetrics"]
+__all__ = [
+    "CONTENT_TYPE",
+    "TRITON_FAMILIES",
+    "LiveVersion",
+    "Metrics",
+    "ModelMetrics",
+    "bound_children",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -22,6 +30,22 @@ _SECONDS = (
     5.0, 10.0, 30.0,
 )  # fmt: skip
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+T = TypeVar("T")
+
+
+def bound_children(make: Callable[..., T]) -> Callable[..., T]:
+    """``make(*labels)`` remembered per label values: a family's child is looked up once, not
+    validated, hashed and locked by ``labels()`` on every request. For labels drawn from small
+    fixed sets only (statuses, route templates, parsed HTTP methods)."""
+    children: dict[tuple[Hashable, ...], T] = {}
+
+    def child(*key: Hashable) -> T:
+        found = children.get(key)
+        if found is None:
+            found = children[key] = make(*key)
+        return found
+
+    return child
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,10 @@ class Metrics:
             ["method", "route", "status"],
             registry=r,
         )
+        self.http_request = bound_children(
+            lambda method, route, status: self.http_requests.labels(method, route, str(status))
+        )
+        """The ``http_requests`` child of (method, route template, status)."""
         r.register(_LiveCollector(live))
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
@@ -149,8 +177,8 @@ class Metrics:
             queue=self.queue.labels(*labels),
             compute=self.compute.labels(*labels),
             batch_size=self.batch_size.labels(*labels),
-            requests=lambda status: self.requests.labels(*labels, str(status)),
-            failures=lambda status: self.failures.labels(*labels, str(status)),
+            requests=bound_children(lambda status: self.requests.labels(*labels, str(status))),
+            failures=bound_children(lambda status: self.failures.labels(*labels, str(status))),
             cancelled=lambda stage: self.cancelled.labels(*labels, stage).inc(),
         )
 
