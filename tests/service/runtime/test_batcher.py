@@ -386,6 +386,27 @@ def test_the_inline_size_follows_the_timings_taken_at_load(digits_repository: Pa
     assert off.batcher.inline_samples == 0
 
 
+def test_a_model_clearly_over_the_inline_bound_is_timed_by_one_run_only(
+    digits_repository: Path,
+):
+    (entry,) = scan_repository(digits_repository)
+    model = load_model(
+        entry, Settings(provider="cpu", inline_batch_ms=0.0), ["CPUExecutionProvider"]
+    )
+
+    class Slow:  # a session whose every run takes 20 ms
+        calls = 0
+
+        def run(self, outputs, feed):
+            Slow.calls += 1
+            time.sleep(0.02)
+            return [np.zeros((len(next(iter(feed.values()))), 10), np.float32)]
+
+    slow = replace(model, session=Slow())
+    assert slow.time_batches(bound_ms=0.1) is None
+    assert Slow.calls == 1  # not five runs of a model that cannot run inline
+
+
 def test_batched_results_equal_unbatched_results_on_a_real_export(digits_repository: Path):
     (entry,) = scan_repository(digits_repository)
     model = load_model(
