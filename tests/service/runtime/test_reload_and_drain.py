@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
+import pytest
 
+from normserve.service.runtime.state import Runtime
+from normserve.service.settings import Settings
 from tests.service.fake_models import affine_model, affine_probe, affine_reference, write_entry
 from tests.service.process import running_server, wait_until
 
@@ -191,3 +197,38 @@ def test_drain_gives_up_at_the_drain_timeout(tmp_path: Path):
 def _ignore_errors(call) -> None:
     with contextlib.suppress(httpx.TransportError):
         call()
+
+
+async def _serve_then_unload(runtime: Runtime, model: weakref.ref) -> None:
+    served = runtime.store.get("affine", None)
+    x = np.ones((1, 3), np.float32)
+    await served.batcher.submit({"x": x}, 1, [served.model.config.outputs[0].name])
+    del served
+    await runtime.unload("affine")
+    for _ in range(200):  # bounded: the retiring task and the version's thread finish
+        if model() is None:
+            return
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("inline_ms", [0.0, 100.0], ids=["thread", "inline"])
+def test_an_unloaded_version_is_freed_without_the_cyclic_garbage_collector(
+    tmp_path: Path, inline_ms: float
+):
+    """The server freezes what start-up loaded out of the collector's sight (serve()); a model
+    loaded then and unloaded later must therefore be freed by reference counts alone, or its
+    session would never be freed. Checked with the collector off, for both ways a batch runs."""
+    write_entry(tmp_path, "affine", 1)
+    settings = Settings(repository=tmp_path, provider="cpu", inline_batch_ms=inline_ms)
+    runtime = Runtime(settings=settings)
+    runtime.load_repository()
+    servable = runtime.store.get("affine", None)
+    assert (servable.batcher.inline_samples > 0) == (inline_ms > 0)
+    model = weakref.ref(servable.model)
+    del servable
+    gc.disable()
+    try:
+        asyncio.run(_serve_then_unload(runtime, model))
+        assert model() is None, "the unloaded model lives on until a full collection"
+    finally:
+        gc.enable()
