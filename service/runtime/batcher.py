@@ -193,6 +193,7 @@ class Batcher:
         if loop is not self._loop:
             self._loop = loop
             self._delay_timer = None
+            self._flush_scheduled = False  # one scheduled on a loop now gone never runs
         timeout = self.policy.queue_timeout_s if timeout_s is None else timeout_s
         item = _Item(inputs, outputs, samples, loop.create_future(), loop.time())
         item.timer = loop.call_later(timeout, self._expire, item, timeout)
