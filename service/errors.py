@@ -30,8 +30,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Send
 
 __all__ = [
+    "INTERNAL_ERROR",
     "BadRequest",
     "Forbidden",
     "InferenceFailed",
@@ -47,9 +49,12 @@ __all__ = [
     "install_error_handlers",
     "raw_response",
     "render",
+    "send_rendered",
 ]
 
 log = logging.getLogger("normserve.service")
+INTERNAL_ERROR = "internal server error (a bug: see the server log)"
+"""What a client is told of a bug (the log has the rest)."""
 
 
 class ServeError(Exception):
@@ -117,10 +122,18 @@ def render(exc: BaseException) -> tuple[int, RawHeaders, bytes]:
     inference fast path sends it as is, FastAPI's handlers wrap it in a ``Response``."""
     if not isinstance(exc, ServeError):
         log.error("internal error", exc_info=exc)
-        exc = ServeError("internal server error (a bug: see the server log)")
+        exc = ServeError(INTERNAL_ERROR)
     headers = [(b"content-type", b"application/json")]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
     return exc.status, headers, orjson.dumps({"error": exc.message})
+
+
+async def send_rendered(send: Send, rendered: tuple[int, RawHeaders, bytes]) -> None:
+    """Send a rendered answer as ASGI messages, with its ``content-length``."""
+    status, headers, body = rendered
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def raw_response(rendered: tuple[int, RawHeaders, bytes]) -> Response:
@@ -167,7 +180,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return raw_response(render(ServeError("internal server error (a bug: see the server log)")))
+        return raw_response(render(ServeError(INTERNAL_ERROR)))
 
     app.add_exception_handler(ServeError, serve_error)
     app.add_exception_handler(RequestValidationError, validation_error)

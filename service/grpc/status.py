@@ -28,6 +28,7 @@ import logging
 import grpc
 
 from normserve.service.errors import (
+    INTERNAL_ERROR,
     BadRequest,
     Forbidden,
     InferenceFailed,
@@ -64,7 +65,7 @@ def status_of(exc: BaseException) -> Status:
     """Code, message and trailing metadata for ``exc``: the gRPC ``render``."""
     if not isinstance(exc, ServeError):
         log.error("internal error", exc_info=exc)
-        exc = ServeError("internal server error (a bug: see the server log)")
+        exc = ServeError(INTERNAL_ERROR)
     code = next(CODES[kind] for kind in type(exc).__mro__ if kind in CODES)
     trailing = tuple((key.lower(), value) for key, value in exc.headers.items())
     return code, exc.message, trailing

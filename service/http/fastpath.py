@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from normserve.service import dataplane
 from normserve.service.codecs.offload import JsonOffload
 from normserve.service.dataplane import InferOutcome
-from normserve.service.errors import RawHeaders, render
+from normserve.service.errors import RawHeaders, render, send_rendered
 from normserve.service.http.auth import BearerKey
 from normserve.service.http.body import BodyGate, read_body
 from normserve.service.http.client_watch import CLIENT_WATCH, ClientWatch
@@ -238,7 +238,7 @@ class FastPath:
                 params = match.groupdict()
                 scope["route"] = route  # what observation reports as the route template
                 scope["path_params"] = params
-                status, headers, body = await answer(
+                rendered = await answer(
                     scope,
                     receive,
                     self.runtime,
@@ -249,8 +249,6 @@ class FastPath:
                     self.offload,
                     self.gate,
                 )
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await send_rendered(send, rendered)
                 return
         await self.app(scope, receive, send)

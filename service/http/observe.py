@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from normserve.service.errors import ServeError, render
+from normserve.service.errors import INTERNAL_ERROR, ServeError, render, send_rendered
 from normserve.service.telemetry.request_ids import request_id
 
 if TYPE_CHECKING:
@@ -114,14 +114,7 @@ class ObserveMiddleware:
             # when nothing was sent yet, then raised on for the server to log, as
             # Starlette's error middleware does.
             if not started:
-                code, headers, body = render(
-                    ServeError("internal server error (a bug: see the server log)")
-                )
-                headers = [*headers, (b"content-length", str(len(body)).encode())]
-                await send_with_id(
-                    {"type": "http.response.start", "status": code, "headers": headers}
-                )
-                await send_with_id({"type": "http.response.body", "body": body})
+                await send_rendered(send_with_id, render(ServeError(INTERNAL_ERROR)))
             raise
         finally:
             runtime.in_flight -= 1

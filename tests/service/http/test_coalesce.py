@@ -37,6 +37,33 @@ class Recording:
     def resume_reading(self) -> None: ...
 
 
+def make_cycle(
+    transport: Recording,
+    *,
+    method: str = "POST",
+    expect_100: bool = False,
+    keep_alive: bool = True,
+    coalesce: bool = True,
+) -> RequestResponseCycle:
+    """uvicorn's own request cycle over ``transport`` (behind ``HeadWithBody`` if ``coalesce``)."""
+    cycle = RequestResponseCycle(
+        scope={"type": "http", "method": method, "path": "/", "http_version": "1.1"},  # type: ignore[arg-type]
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=expect_100,
+        keep_alive=keep_alive,
+        on_response=lambda: None,
+    )
+    if coalesce:
+        cycle.transport = HeadWithBody(transport, cycle)  # type: ignore[arg-type]
+    return cycle
+
+
 def answer(
     messages: list[dict[str, Any]],
     *,
@@ -49,21 +76,13 @@ def answer(
     transport = Recording()
 
     async def main() -> None:
-        cycle = RequestResponseCycle(
-            scope={"type": "http", "method": method, "path": "/", "http_version": "1.1"},  # type: ignore[arg-type]
-            transport=transport,  # type: ignore[arg-type]
-            flow=FlowControl(transport),  # type: ignore[arg-type]
-            logger=logging.getLogger("test"),
-            access_logger=logging.getLogger("test.access"),
-            access_log=False,
-            default_headers=[],
-            message_event=asyncio.Event(),
-            expect_100_continue=expect_100,
+        cycle = make_cycle(
+            transport,
+            method=method,
+            expect_100=expect_100,
             keep_alive=keep_alive,
-            on_response=lambda: None,
+            coalesce=coalesce,
         )
-        if coalesce:
-            cycle.transport = HeadWithBody(transport, cycle)  # type: ignore[arg-type]
         if expect_100:  # the app reads the body: 100 Continue goes out first
             cycle.more_body = False
             cycle.message_event.set()  # the body has arrived
@@ -135,20 +154,7 @@ def test_other_answers_are_written_as_uvicorn_writes_them(messages, method):
 def test_a_finished_cycle_is_freed_without_waiting_for_the_garbage_collector():
     gc.disable()
     try:
-        cycle = RequestResponseCycle(
-            scope={"type": "http", "method": "POST"},  # type: ignore[arg-type]
-            transport=Recording(),  # type: ignore[arg-type]
-            flow=None,  # type: ignore[arg-type]
-            logger=logging.getLogger("test"),
-            access_logger=logging.getLogger("test.access"),
-            access_log=False,
-            default_headers=[],
-            message_event=asyncio.Event(),
-            expect_100_continue=False,
-            keep_alive=True,
-            on_response=lambda: None,
-        )
-        cycle.transport = HeadWithBody(cycle.transport, cycle)  # type: ignore[arg-type]
+        cycle = make_cycle(Recording())
         gone = weakref.ref(cycle)
         del cycle
         assert gone() is None  # no reference cycle through the transport it was given
