@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     ``grpc.health.v1``) on the same host, beside HTTP; unset or ``off`` serves no gRPC (the
     images set 8001, Triton's port); 0 picks a free one."""
 
+    @field_validator("intra_op_threads", mode="before")
+    @classmethod
+    def _intra_op_auto(cls, value: object) -> object:
+        """``auto`` (or an empty value) leaves the choice to each loaded version."""
+        if isinstance(value, str) and value.strip().lower() in {"", "auto"}:
+            return None
+        return value
+
     @field_validator("grpc_port", mode="before")
     @classmethod
     def _grpc_off(cls, value: object) -> object:
@@ -68,8 +76,11 @@ class Settings(BaseSettings):
     cuda_device_id: int = Field(default=0, ge=0)
     """GPU the CUDA provider runs on (ignored on CPU)."""
 
-    intra_op_threads: int = Field(default=0, ge=0)
-    """Threads ONNX Runtime uses inside one operator; 0 lets it choose (one per physical core)."""
+    intra_op_threads: int | None = Field(default=None, ge=0)
+    """Threads ONNX Runtime uses inside one operator. Unset (``auto``): one thread for a CPU
+    version whose one-sample batch runs within ``NORMSERVE_INLINE_BATCH_MS`` (its operators are
+    too small to share out: waking the pool for each costs more than it saves), else ONNX
+    Runtime's choice, one per physical core. 0: always ONNX Runtime's choice; N: N threads."""
 
     intra_op_spinning: bool = False
     """Whether ONNX Runtime's worker threads spin (busy-wait) for work instead of sleeping. Off

@@ -40,6 +40,8 @@ class LoadedModel:
     # Median milliseconds of a batch of one sample and of a full batch, timed at load (None:
     # not timed; see time_batches).
     batch_ms: tuple[float, float] | None = None
+    # Threads ONNX Runtime uses inside one operator (0: its own choice, one per core).
+    intra_op_threads: int = 0
 
     @property
     def input_sensitive(self) -> bool:
@@ -69,10 +71,15 @@ class LoadedModel:
         """Run the graph; ``outputs`` are names from the config, returned in that order."""
         return self.session.run(outputs, inputs)
 
-    def time_batches(self, bound_ms: float, runs: int = 5) -> tuple[float, float] | None:
+    def time_batches(self, bound_ms: float, runs: int = 7) -> tuple[float, float] | None:
         """Median milliseconds of a batch of one sample and of ``max_batch_size`` samples (of
         zeros), or None when not worth knowing: a dynamic axis besides the batch (the cost
-        depends on the request), or one sample already over ``bound_ms``."""
+        depends on the request), or one sample already over ``bound_ms``.
+
+        The first run of each size is left out of the median (it pays for buffers the next
+        ones reuse), and a model is judged clearly over the bound when its first two runs
+        both took over four times the bound: one slow run (a page fault, a busy core) made a
+        model near the bound run inline after one start and on the thread after the next."""
         if bound_ms <= 0 or any(-1 in spec.shape[1:] for spec in self.config.inputs):
             return None
         outputs = [spec.name for spec in self.config.outputs]
@@ -82,14 +89,14 @@ class LoadedModel:
                 spec.name: np.zeros((samples, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype))
                 for spec in self.config.inputs
             }
-            times = []
-            for _ in range(runs):
+            times: list[float] = []
+            for _ in range(runs + 1):
                 start = time.perf_counter()
                 self.run(feed, outputs)
                 times.append((time.perf_counter() - start) * 1000.0)
-                if samples == 1 and times[-1] > 4 * bound_ms:
-                    return None  # clearly over: a large model pays one run, not five
-            medians.append(statistics.median(times))
+                if samples == 1 and len(times) == 2 and min(times) > 4 * bound_ms:
+                    return None  # clearly over: a large model pays two runs, not eight
+            medians.append(statistics.median(times[1:]))
             if medians[0] > bound_ms:
                 return None
         return medians[0], medians[-1]
@@ -181,10 +188,10 @@ def check_golden_probe(model: LoadedModel, where: str) -> None:
             raise RepositoryError(f"{where}: golden probe output {name!r} {problem}")
 
 
-def _session_options(settings: Settings) -> ort.SessionOptions:
+def _session_options(settings: Settings, intra_op_threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = settings.intra_op_threads
+    options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.execution_mode = (
         ort.ExecutionMode.ORT_SEQUENTIAL
@@ -206,16 +213,42 @@ def _provider_list(providers: list[str], settings: Settings) -> list[str | tuple
 
 
 def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) -> LoadedModel:
-    """Read, check, create the session, warm it up and replay its golden probe.
+    """Read, check, create the session, warm it up, replay its golden probe and time it.
 
+    With ``intra_op_threads`` unset (auto), a CPU version whose one-sample batch runs within
+    the inline bound is loaded again with one intra-op thread (``_single_threaded``).
     ``RepositoryError`` on any failure: such a version is never served.
     """
     config = read_entry(entry)
+    threads = settings.intra_op_threads or 0
+    model = _ready_model(entry, config, settings, providers, threads)
+    if settings.intra_op_threads is None and threads != 1 and CUDA not in model.providers:
+        model = _single_threaded(model, entry, settings, providers)
+    log.info(
+        "loaded %s version %d on %s (%s; %s)",
+        config.name,
+        config.version,
+        ", ".join(model.providers),
+        "golden probe matched" if config.golden_probe else "no golden probe: warm-up only",
+        f"intra-op threads: {model.intra_op_threads or 'one per core'}",
+    )
+    return model
+
+
+def _ready_model(
+    entry: VersionEntry,
+    config: ModelConfig,
+    settings: Settings,
+    providers: list[str],
+    intra_op_threads: int,
+) -> LoadedModel:
+    """One session of ``entry``, checked against its config, warmed up, proven by its golden
+    probe and timed (``time_batches``)."""
     where = str(entry.path)
     try:
         session = ort.InferenceSession(
             str(entry.onnx_path),
-            _session_options(settings),
+            _session_options(settings, intra_op_threads),
             providers=_provider_list(providers, settings),
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
@@ -231,18 +264,26 @@ def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) ->
         session=session,
         providers=tuple(session.get_providers()),
         tied_axes=tied_axes(session),
+        intra_op_threads=intra_op_threads,
     )
     try:
         model.warm_up()
     except Exception as exc:
         raise RepositoryError(f"{where}: warm-up inference failed: {exc}") from exc
     check_golden_probe(model, where)
-    model = replace(model, batch_ms=model.time_batches(settings.inline_batch_ms))
-    log.info(
-        "loaded %s version %d on %s (%s)",
-        config.name,
-        config.version,
-        ", ".join(model.providers),
-        "golden probe matched" if config.golden_probe else "no golden probe: warm-up only",
-    )
-    return model
+    return replace(model, batch_ms=model.time_batches(settings.inline_batch_ms))
+
+
+def _single_threaded(
+    model: LoadedModel, entry: VersionEntry, settings: Settings, providers: list[str]
+) -> LoadedModel:
+    """``model`` again with one intra-op thread, when its one-sample batch is within the inline
+    bound: its operators are too small to share out, and waking the pool's threads for each of
+    them cost the event loop more than it saved (one thread: sequential batch-1 requests ~20%
+    faster, CPU per request under load ~7% lower; docs/benchmarks.md). Its larger batches run on
+    the version's thread, beside the event loop, which has the other cores' work to do. The
+    first session is kept when the second is no longer within the bound."""
+    if model.batch_ms is None:
+        return model
+    single = _ready_model(entry, model.config, settings, providers, 1)
+    return single if single.batch_ms is not None else model
