@@ -124,28 +124,42 @@ def json_booleans_possible(text: bytes) -> bool:
 
 def parse_shape(raw: object, field: str) -> tuple[int, ...]:
     """A wire shape: a list of non-negative integers (checked against a spec by check_shape)."""
-    if not isinstance(raw, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in raw
-    ):
-        raise BadRequest(f"{field}: expected a list of integers, got {str(raw)[:64]}")
-    if any(d < 0 for d in raw):
-        raise BadRequest(f"{field}: dimensions must be non-negative, got {raw}")
-    return tuple(raw)
+    if isinstance(raw, list):
+        for d in raw:
+            if type(d) is not int:  # not bool, not float; a subclass of int is no JSON value
+                break
+            if d < 0:
+                raise BadRequest(f"{field}: dimensions must be non-negative, got {raw}")
+        else:
+            return tuple(raw)
+    raise BadRequest(f"{field}: expected a list of integers, got {str(raw)[:64]}")
 
 
 def check_shape(shape: tuple[int, ...], spec: TensorSpec, field: str, max_batch: int) -> None:
-    expected = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
     if len(shape) != len(spec.shape):
-        raise BadRequest(f"{field}: expected rank {len(spec.shape)} {expected}, got {list(shape)}")
+        raise BadRequest(
+            f"{field}: expected rank {len(spec.shape)} {_spec_shape(spec)}, got {list(shape)}"
+        )
     for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
         if want != -1 and got != want:
             raise BadRequest(
-                f"{field}: dimension {axis} must be {want} {expected}, got {list(shape)}"
+                f"{field}: dimension {axis} must be {want} {_spec_shape(spec)}, got {list(shape)}"
             )
     if not 1 <= shape[0] <= max_batch:
         raise BadRequest(f"{field}: batch size must be between 1 and {max_batch}, got {shape[0]}")
-    if any(d == 0 for d in shape[1:]):
+    if 0 in shape[1:]:
         raise BadRequest(f"{field}: dimensions must be positive, got {list(shape)}")
+
+
+def _spec_shape(spec: TensorSpec) -> str:
+    """A spec's shape as error messages show it: ``[N, 1, 8, 8]``."""
+    return "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
+
+
+# JSON values each tensor kind accepts (numpy's kind of the parsed list), and their name.
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_WANTED = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
+_FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}
 
 
 def to_array(
@@ -171,9 +185,8 @@ def to_array(
     if raw.size != count:
         raise BadRequest(f"{field}: shape {list(shape)} needs {count} values, got {raw.size}")
     dtype = numpy_dtype(spec.datatype)
-    kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]
-    wanted = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
-    if raw.size and raw.dtype.kind not in kinds:
+    wanted = _WANTED[dtype.kind]
+    if raw.size and raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
         got = "booleans" if raw.dtype.kind == "b" else f"{raw.dtype.kind!r} data"
         raise BadRequest(f"{field}: expected {wanted} for {spec.datatype}, got {got}")
     if booleans_possible and dtype.kind != "b" and raw.size and _holds_booleans(data, raw):
@@ -182,12 +195,12 @@ def to_array(
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise BadRequest(f"{field}: values out of range for {spec.datatype}")
-    if dtype.kind == "f" and raw.size:
-        with np.errstate(over="ignore"):
-            cast = raw.astype(dtype)
-        if not np.isfinite(cast).all():
+    if dtype.kind == "f" and raw.size and dtype.itemsize < raw.dtype.itemsize:
+        # JSON numbers are finite float64s (orjson refuses the rest): only a narrower type can
+        # overflow, and a value within its largest finite one cannot round to infinity.
+        largest = _FLOAT_MAX[dtype.itemsize]
+        if raw.max() > largest or raw.min() < -largest:
             raise BadRequest(f"{field}: values overflow {spec.datatype} (finite numbers expected)")
-        return cast.reshape(shape)
     return raw.astype(dtype).reshape(shape)
 
 

@@ -8,8 +8,13 @@ import numpy as np
 import orjson
 import pytest
 
-from normserve.model_repository import scan_repository
-from normserve.service.codecs.v2 import decode_infer_request, encode_infer_response, split_body
+from normserve.model_repository import TensorSpec, scan_repository
+from normserve.service.codecs.v2 import (
+    decode_infer_request,
+    encode_infer_response,
+    split_body,
+    to_array,
+)
 from normserve.service.errors import BadRequest
 from normserve.service.runtime.loader import LoadedModel, load_model
 from normserve.service.settings import Settings
@@ -209,3 +214,29 @@ def test_classification_returns_top_classes_with_labels(model):
 
 
 # -- content codings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "fits"),
+    [
+        ("FP16", 65504.0, True),  # float16's largest finite value
+        ("FP16", -65504, True),
+        ("FP16", 65520.0, False),  # would round to infinity
+        ("FP16", -70000, False),  # an integer too
+        ("FP32", 3.4e38, True),
+        ("FP32", -3.5e38, False),
+        ("FP64", 1.7e308, True),
+    ],
+)
+def test_a_json_number_beyond_a_float_type_is_refused_not_made_infinite(
+    datatype: str, value: float, fits: bool
+):
+    spec = TensorSpec(name="x", datatype=datatype, shape=(-1, 2))
+    data = [1.5, value]
+    if fits:
+        array = to_array(data, spec, (1, 2), "inputs[0].data")
+        assert np.isfinite(array).all()
+        assert array[0, 1] == np.array(value, dtype=array.dtype)
+    else:
+        with pytest.raises(BadRequest, match=f"inputs\\[0\\].data: values overflow {datatype}"):
+            to_array(data, spec, (1, 2), "inputs[0].data")
