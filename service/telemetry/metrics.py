@@ -2,22 +2,38 @@
 
 Native families are ``normserve_*``. The ``nv_inference_*`` block repeats the per-model counters
 under the names Triton exposes, so dashboards built for Triton read normserve unchanged.
+
+The families a request updates are loop-only (``LoopCounters``, ``LoopHistograms``): every
+update happens on the event loop's thread (HTTP, gRPC and the batcher's callbacks all run there)
+and so does every scrape (``/metrics`` is an async route), so a child is plain numbers without
+a lock, and a histogram finds its bucket by bisection. prometheus_client's own children take a
+lock per value and walk a histogram's bounds one by one; a request updated about ten of them.
+Families updated from other threads (model loads) stay prometheus_client's.
+
+Over 300 lines because the loop-only families and the registry that uses them are one module.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from itertools import accumulate
+from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "CONTENT_TYPE",
     "TRITON_FAMILIES",
     "LiveVersion",
+    "LoopCounter",
+    "LoopCounters",
+    "LoopHistogram",
+    "LoopHistograms",
     "Metrics",
     "ModelMetrics",
     "bound_children",
@@ -31,6 +47,91 @@ _SECONDS = (
 )  # fmt: skip
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 T = TypeVar("T")
+Child = TypeVar("Child")
+
+
+class LoopCounter:
+    """One counter series, updated on the event loop's thread only."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class LoopHistogram:
+    """One histogram series, updated on the event loop's thread only: a count per bucket (the
+    last one past every bound, ``+Inf``) and the sum."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # Bucket ``le=b`` holds values up to and including b: the first bound not below value.
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+
+class _LoopFamily(Collector, Generic[Child]):
+    """Children by label values, made on first use and rendered at scrape time."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.children: dict[tuple[str, ...], Child] = {}
+
+    def _make(self) -> Child:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> Child:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self._make()
+        return child
+
+
+class LoopCounters(_LoopFamily[LoopCounter]):
+    """A counter family of ``LoopCounter`` children (exposed as ``<name>_total``)."""
+
+    def _make(self) -> LoopCounter:
+        return LoopCounter()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            family.add_metric(list(values), child.value)
+        yield family
+
+
+class LoopHistograms(_LoopFamily[LoopHistogram]):
+    """A histogram family of ``LoopHistogram`` children with the given bucket bounds."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], bounds: tuple[float, ...]
+    ) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.bounds = tuple(float(b) for b in bounds)
+        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+
+    def _make(self) -> LoopHistogram:
+        return LoopHistogram(self.bounds)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            buckets = list(zip(self._les, accumulate(child.counts), strict=True))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
 
 
 def bound_children(make: Callable[..., T]) -> Callable[..., T]:
@@ -52,12 +153,12 @@ def bound_children(make: Callable[..., T]) -> Callable[..., T]:
 class ModelMetrics:
     """The label-bound children of one model version (bound once: no lookups per request)."""
 
-    latency: Histogram
-    queue: Histogram
-    compute: Histogram
-    batch_size: Histogram
-    requests: Callable[[int], Counter]
-    failures: Callable[[int], Counter]
+    latency: LoopHistogram
+    queue: LoopHistogram
+    compute: LoopHistogram
+    batch_size: LoopHistogram
+    requests: Callable[[int], LoopCounter]
+    failures: Callable[[int], LoopCounter]
     cancelled: Callable[[str], None]
     """One request whose client left: ``"queued"`` (never ran) or ``"running"`` (dropped)."""
 
@@ -102,55 +203,45 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         per_model = ["model", "version"]
-        self.requests = Counter(
+        self.requests = LoopCounters(
             "normserve_inference_requests",
             "Inference requests by model, version and HTTP status",
             [*per_model, "status"],
-            registry=r,
         )
-        self.failures = Counter(
+        self.failures = LoopCounters(
             "normserve_inference_failures",
             "Failed inference requests (status >= 400) by model, version and HTTP status",
             [*per_model, "status"],
-            registry=r,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistograms(
             "normserve_request_duration_seconds",
             "Inference request latency inside the server",
             per_model,
-            buckets=_SECONDS,
-            registry=r,
+            _SECONDS,
         )
-        self.queue = Histogram(
+        self.queue = LoopHistograms(
             "normserve_queue_duration_seconds",
             "Time a request waited in the batch queue",
             per_model,
-            buckets=_SECONDS,
-            registry=r,
+            _SECONDS,
         )
-        self.compute = Histogram(
+        self.compute = LoopHistograms(
             "normserve_compute_duration_seconds",
             "ONNX Runtime time of the batch a request ran in",
             per_model,
-            buckets=_SECONDS,
-            registry=r,
+            _SECONDS,
         )
-        self.batch_size = Histogram(
-            "normserve_batch_size",
-            "Samples per executed batch",
-            per_model,
-            buckets=_BATCH,
-            registry=r,
+        self.batch_size = LoopHistograms(
+            "normserve_batch_size", "Samples per executed batch", per_model, _BATCH
         )
         self.in_flight = Gauge(
             "normserve_inflight_requests", "HTTP requests being served now", registry=r
         )
-        self.cancelled = Counter(
+        self.cancelled = LoopCounters(
             "normserve_cancelled_requests",
             "Inference requests whose client left before the answer, by model, version and "
             "stage: queued (left the queue, never computed) or running (computed, not answered)",
             [*per_model, "stage"],
-            registry=r,
         )
         self.model_events = Counter(
             "normserve_model_events",
@@ -158,12 +249,22 @@ class Metrics:
             [*per_model, "event", "outcome"],
             registry=r,
         )
-        self.http_requests = Counter(
+        self.http_requests = LoopCounters(
             "normserve_http_requests",
             "HTTP requests by method, route template and status",
             ["method", "route", "status"],
-            registry=r,
         )
+        for family in (
+            self.requests,
+            self.failures,
+            self.latency,
+            self.queue,
+            self.compute,
+            self.batch_size,
+            self.cancelled,
+            self.http_requests,
+        ):
+            r.register(family)
         self.http_request = bound_children(
             lambda method, route, status: self.http_requests.labels(method, route, str(status))
         )

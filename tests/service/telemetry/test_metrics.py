@@ -1,10 +1,13 @@
-"""Metric children bound once: the same child per label values, counts in the right series."""
+"""Metric children bound once: the same child per label values, counts in the right series;
+the loop-only families expose what prometheus_client's own would."""
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from normserve.service.telemetry.metrics import Metrics
+from normserve.service.telemetry.metrics import LoopCounters, LoopHistograms, Metrics
 
 
 def test_http_request_children_are_bound_once_and_count_in_their_own_series():
@@ -33,3 +36,41 @@ def test_a_model_version_counts_requests_and_failures_by_status():
     assert requests in text
     assert failures in text
     assert 'status="503"' not in text.split("normserve_inference_failures")[0]
+
+
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample but prometheus_client's ``_created`` timestamps, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_loop_families_expose_what_prometheus_clients_own_would():
+    # The reference: prometheus_client's Histogram and Counter fed the same values, including
+    # values exactly on a bound (le is inclusive), below the first and past the last.
+    bounds = (0.001, 0.01, 0.1, 1.0, 10.0)
+    rng = np.random.default_rng(7)
+    values = [*rng.lognormal(-4.0, 2.0, 500), *bounds, 0.0, 11.0, 1e9]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    histograms = LoopHistograms("t_seconds", "help", ["model"], bounds)
+    counters = LoopCounters("t_requests", "help", ["model", "status"])
+    ours.register(histograms)
+    ours.register(counters)
+    reference = Histogram("t_seconds", "help", ["model"], buckets=bounds, registry=theirs)
+    reference_counter = Counter("t_requests", "help", ["model", "status"], registry=theirs)
+    for i, value in enumerate(values):
+        model = "a" if i % 3 else "b"
+        histograms.labels(model).observe(float(value))
+        reference.labels(model).observe(float(value))
+        status = "200" if i % 5 else "503"
+        counters.labels(model, status).inc()
+        reference_counter.labels(model, status).inc()
+    got, expected = _samples(ours), _samples(theirs)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    with pytest.raises(ValueError, match="expected labels"):
+        histograms.labels("a", "extra")
