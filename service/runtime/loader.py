@@ -42,6 +42,9 @@ class LoadedModel:
     batch_ms: tuple[float, float] | None = None
     # Threads ONNX Runtime uses inside one operator (0: its own choice, one per core).
     intra_op_threads: int = 0
+    # Median milliseconds of one sample, timed at load; None: not timed, or clearly over the
+    # inline bound (see time_one_sample).
+    one_sample_ms: float | None = None
 
     @property
     def input_sensitive(self) -> bool:
@@ -73,33 +76,44 @@ class LoadedModel:
 
     def time_batches(self, bound_ms: float, runs: int = 7) -> tuple[float, float] | None:
         """Median milliseconds of a batch of one sample and of ``max_batch_size`` samples (of
-        zeros), or None when not worth knowing: a dynamic axis besides the batch (the cost
-        depends on the request), or one sample already over ``bound_ms``.
+        zeros), or None when one sample is not timed (``time_one_sample``) or over ``bound_ms``."""
+        one = self.time_one_sample(bound_ms, runs)
+        if one is None or one > bound_ms:
+            return None
+        full = self.time_batch(self.config.max_batch_size, runs)
+        return None if full is None else (one, full)
 
-        The first run of each size is left out of the median (it pays for buffers the next
-        ones reuse), and a model is judged clearly over the bound when its first two runs
-        both took over four times the bound: one slow run (a page fault, a busy core) made a
-        model near the bound run inline after one start and on the thread after the next."""
+    def time_one_sample(self, bound_ms: float, runs: int = 7) -> float | None:
+        """Median milliseconds of a batch of one sample (of zeros), or None when not worth
+        knowing: a dynamic axis besides the batch (the cost depends on the request), a bound
+        of 0, or a model clearly over the bound.
+
+        The first run is left out of the median (it pays for buffers the next ones reuse),
+        and a model is judged clearly over the bound when its first two runs both took over
+        four times the bound: one slow run (a page fault, a busy core) made a model near the
+        bound run inline after one start and on the thread after the next."""
         if bound_ms <= 0 or any(-1 in spec.shape[1:] for spec in self.config.inputs):
             return None
+        return self.time_batch(1, runs, give_up_ms=4 * bound_ms)
+
+    def time_batch(
+        self, samples: int, runs: int = 7, give_up_ms: float | None = None
+    ) -> float | None:
+        """Median milliseconds of a batch of ``samples`` (of zeros) over ``runs`` runs after a
+        first one left out; None when the first two runs both took over ``give_up_ms``."""
+        feed = {
+            spec.name: np.zeros((samples, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype))
+            for spec in self.config.inputs
+        }
         outputs = [spec.name for spec in self.config.outputs]
-        medians = []
-        for samples in (1, self.config.max_batch_size):
-            feed = {
-                spec.name: np.zeros((samples, *spec.shape[1:]), dtype=numpy_dtype(spec.datatype))
-                for spec in self.config.inputs
-            }
-            times: list[float] = []
-            for _ in range(runs + 1):
-                start = time.perf_counter()
-                self.run(feed, outputs)
-                times.append((time.perf_counter() - start) * 1000.0)
-                if samples == 1 and len(times) == 2 and min(times) > 4 * bound_ms:
-                    return None  # clearly over: a large model pays two runs, not eight
-            medians.append(statistics.median(times[1:]))
-            if medians[0] > bound_ms:
-                return None
-        return medians[0], medians[-1]
+        times: list[float] = []
+        for _ in range(runs + 1):
+            start = time.perf_counter()
+            self.run(feed, outputs)
+            times.append((time.perf_counter() - start) * 1000.0)
+            if give_up_ms is not None and len(times) == 2 and min(times) > give_up_ms:
+                return None  # clearly over: a large model pays two runs, not eight
+        return statistics.median(times[1:])
 
     def warm_up(self) -> None:
         """One inference on one sample of zeros, so the first request pays no lazy set-up.
@@ -271,19 +285,25 @@ def _ready_model(
     except Exception as exc:
         raise RepositoryError(f"{where}: warm-up inference failed: {exc}") from exc
     check_golden_probe(model, where)
-    return replace(model, batch_ms=model.time_batches(settings.inline_batch_ms))
+    one = model.time_one_sample(settings.inline_batch_ms)
+    batch_ms = None
+    if one is not None and one <= settings.inline_batch_ms:
+        full = model.time_batch(config.max_batch_size)
+        batch_ms = None if full is None else (one, full)
+    return replace(model, one_sample_ms=one, batch_ms=batch_ms)
 
 
 def _single_threaded(
     model: LoadedModel, entry: VersionEntry, settings: Settings, providers: list[str]
 ) -> LoadedModel:
-    """``model`` again with one intra-op thread, when its one-sample batch is within the inline
-    bound: its operators are too small to share out, and waking the pool's threads for each of
-    them cost the event loop more than it saved (one thread: sequential batch-1 requests ~20%
-    faster, CPU per request under load ~7% lower; docs/benchmarks.md). Its larger batches run on
-    the version's thread, beside the event loop, which has the other cores' work to do. The
-    first session is kept when the second is no longer within the bound."""
-    if model.batch_ms is None:
+    """``model`` again with one intra-op thread, when one sample of it is within the inline
+    bound or near it (within four times the bound, where the pool's own wake-ups may be what
+    puts it over): its operators are too small to share out, and waking the pool's threads for
+    each of them cost the event loop more than it saved (one thread: sequential batch-1
+    requests ~20% faster, CPU per request under load ~7% lower; docs/benchmarks.md). Its larger
+    batches run on the version's thread, beside the event loop, which has the other cores'
+    work to do. The first session is kept when the second is not within the bound."""
+    if model.one_sample_ms is None:
         return model
     single = _ready_model(entry, model.config, settings, providers, 1)
     return single if single.batch_ms is not None else model

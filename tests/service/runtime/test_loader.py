@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from normserve.model_repository import scan_repository
-from normserve.service.runtime.loader import load_model
+from normserve.service.runtime.loader import LoadedModel, load_model
 from normserve.service.settings import Settings
 
 
@@ -56,3 +56,32 @@ def test_intra_op_threads_auto_from_the_environment(monkeypatch: pytest.MonkeyPa
     assert Settings().intra_op_threads is None
     monkeypatch.setenv("NORMSERVE_INTRA_OP_THREADS", "2")
     assert Settings().intra_op_threads == 2
+
+
+@pytest.mark.parametrize(
+    ("pooled_ms", "single_ms", "expected"),
+    [
+        (0.05, 0.04, 1),  # within the bound with the pool: one thread
+        (0.3, 0.05, 1),  # over the bound with the pool, but near it: tried, and within alone
+        (0.3, 0.3, 0),  # near, but over the bound alone too: the pool is kept
+        (None, 0.05, 0),  # clearly over (None): not even tried
+    ],
+)
+def test_auto_tries_one_thread_for_a_model_within_or_near_the_bound(
+    digits_repository: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pooled_ms: float | None,
+    single_ms: float,
+    expected: int,
+):
+    # The timings stand in for a machine where the pool's wake-ups decide (bound 0.1 ms).
+    tried: list[int] = []
+
+    def timed(self: LoadedModel, bound_ms: float, runs: int = 7) -> float | None:
+        tried.append(self.intra_op_threads)
+        return single_ms if self.intra_op_threads == 1 else pooled_ms
+
+    monkeypatch.setattr(LoadedModel, "time_one_sample", timed)
+    threads, given = _intra_op_threads(digits_repository, inline_batch_ms=0.1)
+    assert (threads, given) == (expected, expected)
+    assert tried == ([0] if pooled_ms is None else [0, 1])
