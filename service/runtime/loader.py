@@ -38,7 +38,7 @@ class LoadedModel:
     # (e.g. the sequence length of ``tokens`` and ``mask``): groups of (input, axis).
     tied_axes: tuple[tuple[tuple[str, int], ...], ...] = ()
     # Median milliseconds of a batch of one sample and of a full batch, timed at load (None:
-    # not timed; see time_batches).
+    # not timed, or one sample over the inline bound; see _ready_model).
     batch_ms: tuple[float, float] | None = None
     # Threads ONNX Runtime uses inside one operator (0: its own choice, one per core).
     intra_op_threads: int = 0
@@ -73,15 +73,6 @@ class LoadedModel:
     def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         """Run the graph; ``outputs`` are names from the config, returned in that order."""
         return self.session.run(outputs, inputs)
-
-    def time_batches(self, bound_ms: float, runs: int = 7) -> tuple[float, float] | None:
-        """Median milliseconds of a batch of one sample and of ``max_batch_size`` samples (of
-        zeros), or None when one sample is not timed (``time_one_sample``) or over ``bound_ms``."""
-        one = self.time_one_sample(bound_ms, runs)
-        if one is None or one > bound_ms:
-            return None
-        full = self.time_batch(self.config.max_batch_size, runs)
-        return None if full is None else (one, full)
 
     def time_one_sample(self, bound_ms: float, runs: int = 7) -> float | None:
         """Median milliseconds of a batch of one sample (of zeros), or None when not worth
@@ -257,7 +248,8 @@ def _ready_model(
     intra_op_threads: int,
 ) -> LoadedModel:
     """One session of ``entry``, checked against its config, warmed up, proven by its golden
-    probe and timed (``time_batches``)."""
+    probe and timed (``time_one_sample``, then a full batch when one sample is within the
+    inline bound)."""
     where = str(entry.path)
     try:
         session = ort.InferenceSession(
@@ -297,12 +289,10 @@ def _single_threaded(
     model: LoadedModel, entry: VersionEntry, settings: Settings, providers: list[str]
 ) -> LoadedModel:
     """``model`` again with one intra-op thread, when one sample of it is within the inline
-    bound or near it (within four times the bound, where the pool's own wake-ups may be what
-    puts it over): its operators are too small to share out, and waking the pool's threads for
-    each of them cost the event loop more than it saved (one thread: sequential batch-1
-    requests ~20% faster, CPU per request under load ~7% lower; docs/benchmarks.md). Its larger
-    batches run on the version's thread, beside the event loop, which has the other cores'
-    work to do. The first session is kept when the second is not within the bound."""
+    bound or near it (within four times the bound: the pool's own wake-ups may be what puts it
+    over). Its operators are too small to share out, and waking the pool for each cost the
+    event loop more than it saved (docs/benchmarks.md). The first session is kept when the
+    second is not within the bound."""
     if model.one_sample_ms is None:
         return model
     single = _ready_model(entry, model.config, settings, providers, 1)
