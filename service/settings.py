@@ -94,9 +94,10 @@ class Settings(BaseSettings):
     inline_batch_ms: float = Field(default=0.1, ge=0.0, le=100.0)
     """A batch expected to run within this many milliseconds (from the version's batch of one
     sample and full batch, timed at load) runs on the event loop itself instead of the
-    version's thread: for such a batch the hand-off to the thread and back costs more than the
-    inference (about 0.1 ms, benchmarks/overhead's "executor hop"). It is also the longest a
-    batch holds the loop. 0 always uses the thread; models with a dynamic axis besides the
+    version's thread: for such a batch the hand-off to the thread and back (~0.16 ms,
+    benchmarks/overhead's "executor hop") costs more than the inference; bounds of 0.2 and
+    0.4 ms did no better under load (docs/benchmarks.md). It is also the longest a batch holds
+    the loop. 0 always uses the thread; models with a dynamic axis besides the
     batch always do (their cost depends on the request)."""
 
     max_queue_delay_ms: float = Field(default=0.0, ge=0.0, le=10_000.0)
