@@ -220,14 +220,14 @@ def _provider_list(providers: list[str], settings: Settings) -> list[str | tuple
 def load_model(entry: VersionEntry, settings: Settings, providers: list[str]) -> LoadedModel:
     """Read, check, create the session, warm it up, replay its golden probe and time it.
 
-    With ``intra_op_threads`` unset (auto), a CPU version whose one-sample batch runs within
+    With ``intra_op_threads`` unset (auto), a CPU version whose one sample runs within or near
     the inline bound is loaded again with one intra-op thread (``_single_threaded``).
     ``RepositoryError`` on any failure: such a version is never served.
     """
     config = read_entry(entry)
     threads = settings.intra_op_threads or 0
     model = _ready_model(entry, config, settings, providers, threads)
-    if settings.intra_op_threads is None and threads != 1 and CUDA not in model.providers:
+    if settings.intra_op_threads is None and CUDA not in model.providers:
         model = _single_threaded(model, entry, settings, providers)
     log.info(
         "loaded %s version %d on %s (%s; %s)",
