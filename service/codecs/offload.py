@@ -12,6 +12,9 @@ One worker (started on first use, with ``forkserver``: the server has threads th
 must not copy), at a lower scheduling priority than the server, so large bodies also queue
 behind each other instead of taking every core.
 A worker that dies (out of memory on a hostile body) is replaced; its request gets a 503.
+A server that dies without shutting the pool down (``kill -9``, the OOM killer) takes its
+worker with it: the worker watches the server's process and exits when it is gone (and with
+it the forkserver, which lives as long as a process it started).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import select
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -91,10 +96,36 @@ def _decode_v1(model: ModelView, body: bytes, default_top_k: int) -> PredictRequ
     return decode_predict_request(parse_json_body(body), model, default_top_k)  # type: ignore[arg-type]
 
 
-def _lower_priority() -> None:
-    """In the worker: yield the CPU to the server's event loop and inference (niceness +10)."""
+def _start_worker(server_pid: int) -> None:
+    """In the worker: yield the CPU to the server's event loop and inference (niceness +10),
+    and leave when the server is gone (``_exit_with``)."""
     with contextlib.suppress(OSError):
         os.nice(10)
+    threading.Thread(
+        target=_exit_with, args=(server_pid,), name="normserve-offload-watch", daemon=True
+    ).start()
+
+
+def _exit_with(server_pid: int) -> None:
+    """Return never; end this process once ``server_pid`` has ended. The worker's parent is
+    the forkserver, not the server, so the parent-death signal cannot tell; a pidfd becomes
+    readable when its process ends (Linux), elsewhere the pid is polled each second."""
+    try:
+        pidfd = os.pidfd_open(server_pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    else:
+        while True:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass  # alive, another user's (a reused pid): keep watching
+            time.sleep(1.0)
+    os._exit(0)
 
 
 def json_part(body: bytes, header_length: str | None) -> int:
@@ -139,7 +170,10 @@ class JsonOffload:
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
                 self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=context, initializer=_lower_priority
+                    max_workers=1,
+                    mp_context=context,
+                    initializer=_start_worker,
+                    initargs=(os.getpid(),),
                 )
             return self._pool
 
