@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from normserve.errors import UserError
@@ -53,19 +53,13 @@ class Settings(BaseSettings):
     ``grpc.health.v1``) on the same host, beside HTTP; unset or ``off`` serves no gRPC (the
     images set 8001, Triton's port); 0 picks a free one."""
 
-    @field_validator("intra_op_threads", mode="before")
+    @field_validator("intra_op_threads", "grpc_port", mode="before")
     @classmethod
-    def _intra_op_auto(cls, value: object) -> object:
-        """``auto`` (or an empty value) leaves the choice to each loaded version."""
-        if isinstance(value, str) and value.strip().lower() in {"", "auto"}:
-            return None
-        return value
-
-    @field_validator("grpc_port", mode="before")
-    @classmethod
-    def _grpc_off(cls, value: object) -> object:
-        """``off`` (or an empty value) is the off switch."""
-        if isinstance(value, str) and value.strip().lower() in {"", "off"}:
+    def _unset_spelled(cls, value: object, info: ValidationInfo) -> object:
+        """The words that mean unset: ``auto`` threads (each loaded version chooses), an
+        ``off`` gRPC port; an empty value for either."""
+        words = {"intra_op_threads": {"", "auto"}, "grpc_port": {"", "off"}}[info.field_name]
+        if isinstance(value, str) and value.strip().lower() in words:
             return None
         return value
 
@@ -78,9 +72,10 @@ class Settings(BaseSettings):
 
     intra_op_threads: int | None = Field(default=None, ge=0)
     """Threads ONNX Runtime uses inside one operator. Unset (``auto``): one thread for a CPU
-    version whose one-sample batch runs within ``NORMSERVE_INLINE_BATCH_MS`` (its operators are
-    too small to share out: waking the pool for each costs more than it saves), else ONNX
-    Runtime's choice, one per physical core. 0: always ONNX Runtime's choice; N: N threads."""
+    version whose one sample, run on one thread, is within ``NORMSERVE_INLINE_BATCH_MS`` (its
+    operators are too small to share out: waking the pool for each costs more than it saves),
+    else ONNX Runtime's choice, one per physical core. 0: always ONNX Runtime's choice; N: N
+    threads."""
 
     intra_op_spinning: bool = False
     """Whether ONNX Runtime's worker threads spin (busy-wait) for work instead of sleeping. Off

@@ -82,11 +82,14 @@ class LoopHistogram:
 class _LoopFamily(Collector, Generic[Child]):
     """Children by label values, made on first use and rendered at scrape time."""
 
-    def __init__(self, name: str, documentation: str, labelnames: list[str]) -> None:
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], registry: CollectorRegistry
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = labelnames
         self.children: dict[tuple[str, ...], Child] = {}
+        registry.register(self)
 
     def _make(self) -> Child:
         raise NotImplementedError
@@ -117,11 +120,16 @@ class LoopHistograms(_LoopFamily[LoopHistogram]):
     """A histogram family of ``LoopHistogram`` children with the given bucket bounds."""
 
     def __init__(
-        self, name: str, documentation: str, labelnames: list[str], bounds: tuple[float, ...]
+        self,
+        name: str,
+        documentation: str,
+        labelnames: list[str],
+        registry: CollectorRegistry,
+        bounds: tuple[float, ...],
     ) -> None:
-        super().__init__(name, documentation, labelnames)
         self.bounds = tuple(float(b) for b in bounds)
         self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        super().__init__(name, documentation, labelnames, registry)
 
     def _make(self) -> LoopHistogram:
         return LoopHistogram(self.bounds)
@@ -207,32 +215,37 @@ class Metrics:
             "normserve_inference_requests",
             "Inference requests by model, version and HTTP status",
             [*per_model, "status"],
+            r,
         )
         self.failures = LoopCounters(
             "normserve_inference_failures",
             "Failed inference requests (status >= 400) by model, version and HTTP status",
             [*per_model, "status"],
+            r,
         )
         self.latency = LoopHistograms(
             "normserve_request_duration_seconds",
             "Inference request latency inside the server",
             per_model,
+            r,
             _SECONDS,
         )
         self.queue = LoopHistograms(
             "normserve_queue_duration_seconds",
             "Time a request waited in the batch queue",
             per_model,
+            r,
             _SECONDS,
         )
         self.compute = LoopHistograms(
             "normserve_compute_duration_seconds",
             "ONNX Runtime time of the batch a request ran in",
             per_model,
+            r,
             _SECONDS,
         )
         self.batch_size = LoopHistograms(
-            "normserve_batch_size", "Samples per executed batch", per_model, _BATCH
+            "normserve_batch_size", "Samples per executed batch", per_model, r, _BATCH
         )
         self.in_flight = Gauge(
             "normserve_inflight_requests", "HTTP requests being served now", registry=r
@@ -242,6 +255,7 @@ class Metrics:
             "Inference requests whose client left before the answer, by model, version and "
             "stage: queued (left the queue, never computed) or running (computed, not answered)",
             [*per_model, "stage"],
+            r,
         )
         self.model_events = Counter(
             "normserve_model_events",
@@ -253,18 +267,8 @@ class Metrics:
             "normserve_http_requests",
             "HTTP requests by method, route template and status",
             ["method", "route", "status"],
+            r,
         )
-        for family in (
-            self.requests,
-            self.failures,
-            self.latency,
-            self.queue,
-            self.compute,
-            self.batch_size,
-            self.cancelled,
-            self.http_requests,
-        ):
-            r.register(family)
         self.http_request = bound_children(
             lambda method, route, status: self.http_requests.labels(method, route, str(status))
         )

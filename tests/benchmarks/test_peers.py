@@ -37,6 +37,7 @@ from benchmarks.report import write_report
 from benchmarks.server_process import free_port, normserve_command
 from normserve.model_repository import ModelConfig, TensorSpec, read_entry, scan_model
 from tests.service.fake_models import affine_reference, write_entry
+from tests.service.process import gone
 
 PLAN = LoadPlan(
     rounds=2,
@@ -47,15 +48,6 @@ PLAN = LoadPlan(
     sequential_requests=20,
     timeout_s=60,
 )
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (ProcessLookupError, FileNotFoundError):
-        return True
-    return state == "Z"  # a zombie still answers kill(0); it has ended all the same
 
 
 def _benchmark(options: Options) -> SimpleNamespace:
@@ -103,7 +95,7 @@ def test_normserve_beside_a_standin_peer(affine, tmp_path: Path):
         assert process_tree(peer.pid)[0] == peer.pid
         result = compare([ours, peer], workload, PLAN, log=lambda _: None)
     for pid in (ours.pid, peer.pid):
-        assert _gone(pid)
+        assert gone(pid)
     assert result["orders"] == [[name, "standin"], ["standin", name]]
     for figures in result["servers"].values():
         summary, rounds = figures["summary"], figures["rounds"]
@@ -160,8 +152,8 @@ def test_a_peers_whole_process_group_is_stopped_and_its_cpu_counted(tmp_path: Pa
         leader_cpu = process_cpu_seconds(peer.pid)
         assert child_cpu > 0.05
         assert tree_cpu_seconds(peer.pid) >= leader_cpu + child_cpu
-    assert _gone(peer.pid)
-    assert _gone(child)
+    assert gone(peer.pid)
+    assert gone(child)
 
 
 def test_the_triton_config_follows_the_model(tmp_path: Path):

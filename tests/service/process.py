@@ -50,6 +50,16 @@ def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | 
     raise AssertionError(f"timed out after {timeout_s} s waiting: {what}")
 
 
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended: no such process, or only its exit status left (a
+    zombie, which still answers ``kill(pid, 0)``)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
 @contextmanager
 def running_server(
     repository: Path, log_path: Path, env: dict[str, str] | None = None, *, grpc: bool = False

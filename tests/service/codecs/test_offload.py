@@ -16,7 +16,7 @@ from normserve.service.codecs.offload import OFFLOAD_BYTES, JsonOffload
 from normserve.service.codecs.v2 import decode_infer_request, parse_json_body
 from normserve.service.runtime.loader import load_model
 from normserve.service.settings import Settings
-from tests.service.process import running_server, wait_until
+from tests.service.process import gone, running_server, wait_until
 
 
 def _large_body(rows: int = 4) -> tuple[bytes, np.ndarray]:
@@ -55,15 +55,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _gone(pid: int) -> bool:
-    """Ended: no such process, or only its exit status left (a zombie)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
-
-
 def test_the_worker_ends_with_a_server_that_was_killed(digits_repository: Path, tmp_path: Path):
     body, _ = _large_body()
     with running_server(digits_repository, tmp_path / "server.log") as server:
@@ -85,4 +76,4 @@ def test_the_worker_ends_with_a_server_that_was_killed(digits_repository: Path, 
         server.proc.send_signal(signal.SIGKILL)  # no atexit, no pool shutdown
         server.proc.wait(timeout=10)
         started = [*forkservers, *workers]
-        wait_until(lambda: all(_gone(pid) for pid in started), 10, "the offload processes ended")
+        wait_until(lambda: all(gone(pid) for pid in started), 10, "the offload processes ended")

@@ -55,10 +55,8 @@ def test_loop_families_expose_what_prometheus_clients_own_would():
     rng = np.random.default_rng(7)
     values = [*rng.lognormal(-4.0, 2.0, 500), *bounds, 0.0, 11.0, 1e9]
     ours, theirs = CollectorRegistry(), CollectorRegistry()
-    histograms = LoopHistograms("t_seconds", "help", ["model"], bounds)
-    counters = LoopCounters("t_requests", "help", ["model", "status"])
-    ours.register(histograms)
-    ours.register(counters)
+    histograms = LoopHistograms("t_seconds", "help", ["model"], ours, bounds)
+    counters = LoopCounters("t_requests", "help", ["model", "status"], ours)
     reference = Histogram("t_seconds", "help", ["model"], buckets=bounds, registry=theirs)
     reference_counter = Counter("t_requests", "help", ["model", "status"], registry=theirs)
     for i, value in enumerate(values):
